@@ -1,0 +1,1 @@
+"""Audit pipeline: probes x dataset -> results.jsonl -> summary.json."""

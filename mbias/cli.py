@@ -1,0 +1,192 @@
+"""The ``mbias`` command. Thin: parse, then import the heavy module the subcommand needs (torch loads late)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mbias import __version__
+from mbias.errors import MbiasError
+
+EPILOG = """model references: a hub id (org/name), a local folder written by save_pretrained, or zoo:NAME
+data references: a .jsonl file, a folder with metadata.jsonl, a saved HF dataset folder, or synth:NAME/SPLIT"""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="hub id, local model folder, or zoo:NAME")
+    p.add_argument("--adapter", help="a PEFT (LoRA) adapter folder to apply on top of the model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default: auto = bfloat16 on GPU, float32 on CPU)")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 weights via bitsandbytes (GPU only)")
+    q.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes (GPU only)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repo (off by default)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
+
+
+def _add_common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="dataset reference (see below)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    p.add_argument("--config", help="YAML file with config fields (flags given here win)")
+    p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
+                   help="bad records: stop before writing anything (default) or skip them with a count in the log")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mbias.config import add_dataclass_args
+    from mbias.models.config import AdapterConfig
+
+    parser = argparse.ArgumentParser(
+        prog="mbias", description="Measure and reduce language-vs-vision modality bias in multimodal LLMs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mbias {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("audit", help="measure a model's modality reliance on a dataset and write a report",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(p)
+    _add_common_run_args(p)
+    p.add_argument("--probes", help="comma-separated probe names (default: the standard set; see --list-probes)")
+    p.add_argument("--max-samples", type=int, help="audit at most N samples")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder that holds another config")
+    p.add_argument("--no-report", action="store_true", help="write summary.json only, no HTML/Markdown")
+    p.add_argument("--backbone", help="the text-only language backbone, for multimodal leakage (optional)")
+    add_dataclass_args(p.add_argument_group("masking and scoring"), AdapterConfig)
+    p.set_defaults(handler=_run_audit)
+
+    p = sub.add_parser("report", help="render report.html/report.md/model_card.md from an audit folder")
+    p.add_argument("dir", help="audit output folder (with summary.json)")
+    p.add_argument("--compare", help="a second audit folder: render a side-by-side with differences")
+    p.add_argument("--out", help="output file or folder (default: inside DIR)")
+    p.set_defaults(handler=_run_report)
+
+    p = sub.add_parser("finetune", help="LoRA fine-tune with a modality-balancing recipe",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_args(p)
+    _add_common_run_args(p)
+    p.add_argument("--recipe", default="lora", help="lora | msam | miles | mnl | cggm | ogm_ge (default: lora)")
+    p.add_argument("--epochs", type=float, help="training epochs")
+    p.add_argument("--max-steps", type=int, help="training steps (overrides --epochs)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lora-r", type=int, help="LoRA rank")
+    p.add_argument("--batch-size", type=int, help="per-device batch size")
+    p.add_argument("--eval-data", help="held-out data (MILES reads utilisation rates on it)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.set_defaults(handler=_run_finetune)
+
+    p = sub.add_parser("synth", help="export a built-in synthetic dataset as data.jsonl + PNG files")
+    p.add_argument("name", help="synthetic dataset, e.g. shapes-p90/test-cp (synth: prefix optional)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(handler=_run_synth)
+
+    p = sub.add_parser("zoo", help="tiny reference models trained on the synthetic benchmark")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION")
+    z = zsub.add_parser("list", help="names, status and accuracy")
+    z.set_defaults(handler=_run_zoo_list)
+    z = zsub.add_parser("build", help="train (or retrain with --force) one zoo model")
+    z.add_argument("name", help="e.g. shapes-p90")
+    z.add_argument("--force", action="store_true", help="rebuild even if cached")
+    z.add_argument("--no-progress", action="store_true", help="no progress bar")
+    z.set_defaults(handler=_run_zoo_build)
+    p.set_defaults(handler=lambda a: _usage(p))
+
+    p = sub.add_parser("demo", help="the whole mission on embedded defaults: audit, fine-tune, compare (CPU)")
+    p.add_argument("--out", default="mbias-demo", help="output folder (default: ./mbias-demo)")
+    p.add_argument("--quick", action="store_true", help="fewer samples, for a smoke test")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_demo)
+
+    p = sub.add_parser("env", help="versions and devices, for bug reports")
+    p.set_defaults(handler=_run_env)
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _run_audit(args) -> int:
+    from mbias.diagnose.cli import run_audit_command
+
+    return run_audit_command(args)
+
+
+def _run_report(args) -> int:
+    from mbias.reports.cli import run_report_command
+
+    return run_report_command(args)
+
+
+def _run_finetune(args) -> int:
+    from mbias.finetune.cli import run_finetune_command
+
+    return run_finetune_command(args)
+
+
+def _run_synth(args) -> int:
+    from mbias.synth import export_synth
+
+    out = export_synth(args.name, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _run_zoo_list(args) -> int:
+    from mbias.zoo import zoo_status
+
+    rows = zoo_status()
+    print(f"{'name':<14} {'status':<10} {'accuracy':>9}  {'path'}")
+    for r in rows:
+        acc = "" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        print(f"{r['name']:<14} {r['status']:<10} {acc:>9}  {r['path']}")
+    return 0
+
+
+def _run_zoo_build(args) -> int:
+    from mbias.zoo import build_zoo_model
+
+    path = build_zoo_model(args.name, force=args.force, progress=not args.no_progress)
+    print(f"built zoo:{args.name} at {path}")
+    return 0
+
+
+def _run_demo(args) -> int:
+    from mbias.demo import run_demo
+
+    return run_demo(args)
+
+
+def _run_env(args) -> int:
+    from mbias.env import environment_report
+
+    print(environment_report())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mbias").setLevel(min(logging.INFO, level))
+    try:
+        return int(args.handler(args) or 0)
+    except MbiasError as exc:
+        print(f"mbias: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mbias: interrupted", file=sys.stderr)
+        return 130
+
+
+def main_entry() -> None:
+    sys.exit(main())

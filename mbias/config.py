@@ -1,0 +1,116 @@
+"""Config dataclasses -> CLI flags and YAML files, so the two never drift from the code's defaults.
+
+Every config field has a default and ``metadata={"help": ...}``. Flags are ``--field-name``; a YAML file holds
+the same names (snake_case). Unknown keys in a file are dropped with a warning, not a crash, so an old config
+keeps loading after a field is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import typing
+from pathlib import Path
+from typing import Any
+
+from mbias.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _field_type(cls, f: dataclasses.Field):
+    hints = typing.get_type_hints(cls)
+    tp = hints.get(f.name, str)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args and typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        tp = args[0]
+    return tp
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls, *, prefix: str = "", skip: tuple = ()) -> None:
+    """Add one ``--prefix-field`` flag per field of ``cls``; defaults are None so files/defaults can fill in."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        tp = _field_type(cls, f)
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
+        dest = (prefix + f.name)
+        if tp is bool:
+            parser.add_argument(flag, dest=dest, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(tp) in (list, tuple):
+            parser.add_argument(flag, dest=dest, default=None, type=_csv(typing.get_args(tp)[0] if typing.get_args(tp) else str),
+                                help=help_text + " (comma-separated)")
+        else:
+            parser.add_argument(flag, dest=dest, default=None, type=tp if tp in (int, float, str) else str,
+                                help=help_text)
+
+
+def _csv(item_type):
+    def parse(text: str):
+        return [item_type(x.strip()) for x in text.split(",") if x.strip()]
+    return parse
+
+
+def values_from_args(args: argparse.Namespace, cls, *, prefix: str = "") -> dict[str, Any]:
+    """Field values the user set on the command line (unset flags are left out)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, prefix + f.name, None)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def build_config(cls, *sources: dict[str, Any], where: str = ""):
+    """``cls(**merged)``, later sources winning; unknown keys dropped with a warning; bad values -> ConfigError."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    merged: dict[str, Any] = {}
+    for src in sources:
+        for key, value in (src or {}).items():
+            if key not in names:
+                logger.warning("%s: ignoring unknown %s field %r", where or "config", cls.__name__, key)
+                continue
+            merged[key] = value
+    try:
+        return cls(**merged)
+    except TypeError as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of field: value at the top level")
+    return data
+
+
+def to_dict(obj) -> dict[str, Any]:
+    """Plain-data view of a config dataclass, for manifests and YAML."""
+    return dataclasses.asdict(obj)
+
+
+def dump_yaml_template(*classes) -> str:
+    """A YAML file listing every field of ``classes`` with its default and help, for users to copy."""
+    lines = []
+    for cls in classes:
+        lines.append(f"# {cls.__name__}")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"# {f.metadata.get('help', '')}")
+            lines.append(f"{f.name}: {default!r}" if isinstance(default, str) else f"{f.name}: {default}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,27 @@
+"""Model adapters: one interface over HF image-text models (see ``base.ModelAdapter``).
+
+Names are imported lazily so that ``mbias.models.config`` (used to build CLI flags) does not pull in torch.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "ModelAdapter": "mbias.models.base",
+    "Prediction": "mbias.models.base",
+    "Prepared": "mbias.models.base",
+    "normalize_answer": "mbias.models.base",
+    "AdapterConfig": "mbias.models.config",
+    "FAMILIES": "mbias.models.families",
+    "adapter_class_for": "mbias.models.families",
+    "supported_families": "mbias.models.families",
+    "load_adapter": "mbias.models.loading",
+    "resolve_model_ref": "mbias.models.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mbias.models' has no attribute {name!r}")

@@ -1,0 +1,115 @@
+"""One adapter per architecture family: prompt wording and where each image token sits in the picture."""
+
+from __future__ import annotations
+
+import torch
+
+from mbias.models import geometry
+from mbias.models.base import ModelAdapter
+
+
+class LlavaAdapter(ModelAdapter):
+    """LLaVA-1.5: one token per ViT patch, row-major, over the processor's centre crop."""
+
+    family = "llava"
+    model_types = ("llava",)
+
+    def view_box(self, image):
+        return geometry.crop_box(image.width, image.height, self.processor.image_processor)
+
+
+class LlavaNextAdapter(ModelAdapter):
+    """LLaVA-NeXT: a base view of the whole image, then AnyRes tiles (unpadded) with a newline token per row."""
+
+    family = "llava_next"
+    model_types = ("llava_next",)
+
+    def token_coords(self, prompt_inputs, image, n_tokens):
+        from transformers.models.llava_next.modeling_llava_next import (
+            get_anyres_image_grid_shape,
+            unpad_image,
+        )
+
+        cfg = self.model.config
+        side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        base = geometry.grid_coords(side, side)
+        size = prompt_inputs["image_sizes"][0].tolist()
+        nph, npw = get_anyres_image_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+        canvas = torch.zeros(1, nph * side, npw * side)
+        h, w = unpad_image(canvas, size).shape[1:]
+        tiles = geometry.grid_coords(h, w).reshape(h, w, 2)
+        # the newline embedding closes each row; it carries no image content, so it joins the row's last cell
+        rows = torch.cat([tiles, tiles[:, -1:]], dim=1).reshape(-1, 2)
+        coords = torch.cat([base, rows])
+        return coords if coords.shape[0] == n_tokens else geometry.square_coords(n_tokens)
+
+
+class Qwen2VLAdapter(ModelAdapter):
+    """Qwen2-VL / Qwen2.5-VL: native-resolution patches, merged 2x2, row-major over the merged grid."""
+
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+    answer_separator = ""
+    vision_modules = ("visual",)
+    projector_modules = ("visual.merger",)  # the patch merger is Qwen's projector
+
+    def token_coords(self, prompt_inputs, image, n_tokens):
+        _, gh, gw = prompt_inputs["image_grid_thw"][0].tolist()
+        merge = self.model.config.vision_config.spatial_merge_size
+        return geometry.grid_coords(gh // merge, gw // merge)
+
+
+class Idefics3Adapter(ModelAdapter):
+    """Idefics3 / SmolVLM: optional rows x cols tiles, then the global image; pixel-shuffled, row-major."""
+
+    family = "idefics3"
+    model_types = ("idefics3", "smolvlm")
+
+    def token_coords(self, prompt_inputs, image, n_tokens):
+        info = self.processor.image_processor(images=[image], return_tensors="pt", return_row_col_info=True)
+        rows, cols = int(info["rows"][0][0]), int(info["cols"][0][0])
+        per_tile = n_tokens // (rows * cols + 1) if rows and cols else n_tokens
+        side = int(round(per_tile ** 0.5))
+        glob = geometry.grid_coords(side, side)
+        if not (rows and cols):
+            return glob
+        return torch.cat([geometry.tiled_coords(rows, cols, side, side), glob])
+
+
+class PaliGemmaAdapter(ModelAdapter):
+    """PaliGemma: image tokens, <bos>, prompt, newline; the answer is the suffix under prefix-LM attention."""
+
+    family = "paligemma"
+    model_types = ("paligemma",)
+    answer_separator = ""
+
+    def build_prompt(self, question, with_image):
+        # PaliGemma has no chat template; mix checkpoints expect a task prefix such as "answer en ".
+        return (self.config.prompt_template or "{question}").format(question=question)
+
+    def process(self, prompt, image):
+        if image is None:
+            tok = self.processor.tokenizer
+            enc = tok([tok.bos_token + prompt + "\n"], add_special_tokens=False, return_tensors="pt")
+            enc["token_type_ids"] = torch.zeros_like(enc["input_ids"])  # the prompt is prefix, as with an image
+            return enc
+        return self.processor(text=[self.processor.image_token + prompt], images=[image], return_tensors="pt")
+
+    def encode_answer(self, prompt, answer):
+        return torch.tensor(self.tokenizer(answer, add_special_tokens=False).input_ids, dtype=torch.long)
+
+
+FAMILIES: tuple[type[ModelAdapter], ...] = (
+    LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Idefics3Adapter, PaliGemmaAdapter,
+)
+
+
+def adapter_class_for(model_type: str) -> type[ModelAdapter] | None:
+    for cls in FAMILIES:
+        if model_type in cls.model_types:
+            return cls
+    return None
+
+
+def supported_families() -> str:
+    return ", ".join(f"{c.family} ({'/'.join(c.model_types)})" for c in FAMILIES)

@@ -1,0 +1,1 @@
+"""Probes: one measurement of language-vs-vision reliance per module, registered by name."""

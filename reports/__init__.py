@@ -1,0 +1,1 @@
+"""Reports from summary.json alone (no torch): HTML, Markdown, model card, plots, comparisons."""

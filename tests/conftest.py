@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny models of every family, built offline once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(family)`` -> folder of a saved tiny random model (built on first use)."""
+    from mbias.tiny import build_tiny
+
+    cache: dict[str, str] = {}
+
+    def get(family: str) -> str:
+        if family not in cache:
+            cache[family] = str(build_tiny(family, tmp_path_factory.mktemp(family)))
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def shapes_image():
+    """A real picture: a red circle and a blue square on grey, 40x48 (not square, to exercise resizing)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (48, 40), (128, 128, 128))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((4, 4, 20, 20), fill=(220, 30, 30))
+    draw.rectangle((28, 18, 44, 34), fill=(30, 30, 220))
+    return img

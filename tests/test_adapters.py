@@ -1,0 +1,174 @@
+"""Model adapters on tiny models of every family: load, prepare, score, and the invariants scoring must keep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mbias.example import Example
+from mbias.models import AdapterConfig, load_adapter
+from tests.conftest import FAMILIES
+
+
+def _example(image, **kw):
+    fields = dict(id="ex0", image=image, question="What colour is the circle?", answer="red",
+                  choices=["red", "green", "blue"])
+    fields.update(kw)
+    return Example(**fields)
+
+
+def _reference_logprob(adapter, prepared):
+    """log p(answer) from the model's own forward on processor output (pixel_values, no adapter shortcuts)."""
+    prompt = adapter.build_prompt(prepared.example.question, True)
+    inputs = adapter.process(prompt, prepared.image)
+    n_ans = prepared.answer_ids.numel()
+    ids = torch.cat([inputs["input_ids"], prepared.answer_ids.unsqueeze(0)], dim=1)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
+    kwargs["input_ids"] = ids
+    for key, fill in (("attention_mask", 1), ("token_type_ids", 1), ("mm_token_type_ids", 0)):
+        if key in kwargs:
+            kwargs[key] = torch.cat([kwargs[key], torch.full((1, n_ans), fill, dtype=kwargs[key].dtype)], dim=1)
+    with torch.no_grad():
+        logits = adapter.model(**kwargs).logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    P = inputs["input_ids"].shape[1]
+    return float(sum(logp[P - 1 + t, prepared.answer_ids[t]] for t in range(n_ans)))
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def adapter(request, tiny_model_dir):
+    return load_adapter(tiny_model_dir(request.param), device="cpu")
+
+
+def test_prepare_locates_question_image_and_answer(adapter, shapes_image):
+    p = adapter.prepare(_example(shapes_image))
+    assert "".join(p.question_tokens).strip() == "What colour is the circle?"
+    assert p.n_image_tokens > 0 and p.features.shape[0] == p.n_image_tokens
+    assert set(p.image_positions.tolist()).isdisjoint(p.question_positions.tolist())
+    assert (p.prompt_ids[p.image_positions] == adapter.image_token_id).all()
+    # every patch group of the default 4x4 grid holds at least one image token on these models
+    assert set(p.token_groups.tolist()) == set(range(adapter.config.patch_grid ** 2))
+    assert adapter.tokenizer.decode(p.answer_ids).strip() == "red"
+
+
+def test_unmasked_score_equals_models_own_forward(adapter, shapes_image):
+    p = adapter.prepare(_example(shapes_image))
+    ours = float(adapter.score(p)[0])
+    assert ours == pytest.approx(_reference_logprob(adapter, p), abs=1e-5)
+
+
+def test_batching_and_order_do_not_change_scores(adapter, shapes_image):
+    p = adapter.prepare(_example(shapes_image))
+    G, Q = adapter.config.patch_grid ** 2, p.n_question
+    gen = torch.Generator().manual_seed(0)
+    ik = torch.rand(6, G, generator=gen) > 0.5
+    tk = torch.rand(6, Q, generator=gen) > 0.5
+    ik[0], tk[0] = True, True  # the unmasked variant, inside a batch of masked ones
+    batch = adapter.score(p, ik, tk)
+    single = adapter.score(p, ik[:1], tk[:1])
+    assert float(batch[0]) == pytest.approx(float(single[0]), abs=1e-5)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    assert torch.allclose(adapter.score(p, ik[perm], tk[perm]), batch[perm], atol=1e-5)
+    # masked variants really differ from the full input
+    assert not torch.allclose(batch[1:], batch[:1].expand(5), atol=1e-6)
+
+
+def test_small_batch_size_gives_same_scores(tiny_model_dir, shapes_image):
+    big = load_adapter(tiny_model_dir("llava"), device="cpu")
+    small = load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(batch_size=2))
+    ex = _example(shapes_image)
+    ik = torch.rand(5, 16, generator=torch.Generator().manual_seed(1)) > 0.5
+    a = big.score(big.prepare(ex), ik)
+    b = small.score(small.prepare(ex), ik)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_choices_scores_match_single_answer_scores(adapter, shapes_image):
+    ex = _example(shapes_image)
+    p = adapter.prepare(ex)
+    per_choice = adapter.score(p, answers=p.choice_ids)[0]
+    for i, choice in enumerate(ex.choices):
+        alone = adapter.prepare(_example(shapes_image, answer=choice))
+        assert float(per_choice[i]) == pytest.approx(float(adapter.score(alone)[0]), abs=1e-5)
+    pred = adapter.predict(p)
+    assert pred.text == ex.choices[int(per_choice.argmax())]
+
+
+def test_pixel_masking_of_every_group_equals_the_baseline_image(adapter, shapes_image):
+    """Painting all cells with the baseline is the baseline image, whichever masking level computes it."""
+    G = adapter.config.patch_grid ** 2
+    none_kept = torch.zeros(1, G, dtype=torch.bool)
+    p = adapter.prepare(_example(shapes_image))
+    feature_level = adapter.score(p, none_kept)
+    adapter.config.masking = "pixel"
+    try:
+        p2 = adapter.prepare(_example(shapes_image))
+        pixel_level = adapter.score(p2, none_kept)
+        unmasked = adapter.score(p2)
+    finally:
+        adapter.config.masking = "feature"
+    assert float(pixel_level[0]) == pytest.approx(float(feature_level[0]), abs=1e-4)
+    assert float(unmasked[0]) == pytest.approx(float(adapter.score(p)[0]), abs=1e-5)
+
+
+def _zero_projector(adapter):
+    parts = adapter._parts(adapter.projector_modules)
+    assert parts, f"{adapter.family}: no projector found"
+    with torch.no_grad():
+        for part in parts:
+            for prm in part.parameters():
+                prm.zero_()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_zeroed_projector_makes_every_image_variant_score_the_same(family, tiny_model_dir, shapes_image):
+    adapter = load_adapter(tiny_model_dir(family), device="cpu")
+    _zero_projector(adapter)
+    p = adapter.prepare(_example(shapes_image))
+    G = adapter.config.patch_grid ** 2
+    ik = torch.rand(5, G, generator=torch.Generator().manual_seed(2)) > 0.5
+    full = adapter.score(p)
+    for baseline in ("blank", "noise", "black"):
+        assert torch.allclose(adapter.score(p, ik, baseline=baseline), full.expand(5), atol=1e-5)
+    swapped = adapter.score(p, torch.zeros(1, G, dtype=torch.bool), baseline="swap",
+                            swap_image=shapes_image.rotate(90))
+    assert float(swapped[0]) == pytest.approx(float(full[0]), abs=1e-5)
+
+
+def test_lora_adapter_loads_and_changes_scores(tiny_model_dir, shapes_image, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base = load_adapter(tiny_model_dir("llava"), device="cpu")
+    targets = [n for n in base.module_names("language") if n.endswith(("q_proj", "v_proj"))]
+    assert targets and not any("vision" in n for n in targets)
+    peft_model = get_peft_model(base.model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "lora")
+    ex = _example(shapes_image)
+    fresh = load_adapter(tiny_model_dir("llava"), device="cpu")
+    with_lora = load_adapter(tiny_model_dir("llava"), device="cpu", adapter=str(tmp_path / "lora"))
+    before = float(fresh.score(fresh.prepare(ex))[0])
+    after = float(with_lora.score(with_lora.prepare(ex))[0])
+    assert abs(after - before) > 1e-4
+    groups = with_lora.parameter_groups()
+    assert any("lora_" in n for n in groups["language"]) and not any("lora_" in n for n in groups["vision"])
+
+
+def test_text_only_prepare_has_no_image(adapter, shapes_image):
+    p = adapter.prepare(_example(shapes_image), with_image=False)
+    assert not p.has_image and p.n_image_tokens == 0 and p.n_question > 0
+    assert torch.isfinite(adapter.score(p)).all()
+
+
+def test_attention_maps_cover_the_whole_sequence(adapter, shapes_image):
+    p = adapter.prepare(_example(shapes_image))
+    att = adapter.attentions(p)
+    n_layers = adapter.model.config.get_text_config().num_hidden_layers
+    assert att.shape[0] == n_layers and att.shape[2] == p.answer_ids.numel()
+    assert att.shape[3] == p.prompt_ids.numel() + p.answer_ids.numel()
+    assert torch.allclose(att.sum(-1), torch.ones_like(att.sum(-1)), atol=1e-4)
+
+
+def test_parameter_groups_split_vision_and_language(adapter):
+    groups = adapter.parameter_groups()
+    assert groups["vision"] and groups["language"] and not groups["other"]
+    assert not set(groups["vision"]) & set(groups["language"])
