@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="export a built-in synthetic dataset as data.jsonl + PNG files")
     p.add_argument("name", help="synthetic dataset, e.g. shapes-p90/test-cp (synth: prefix optional)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, help="export only the first N examples")
     p.set_defaults(handler=_run_synth)
 
     p = sub.add_parser("zoo", help="tiny reference models trained on the synthetic benchmark")
@@ -132,7 +133,7 @@ def _run_finetune(args) -> int:
 def _run_synth(args) -> int:
     from mbias.synth import export_synth
 
-    out = export_synth(args.name, args.out)
+    out = export_synth(args.name, args.out, limit=args.limit)
     print(f"wrote {out}")
     return 0
 

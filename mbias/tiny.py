@@ -24,7 +24,12 @@ _CORPUS = [
     "Which shape is it? What shape is shown? Answer with one word. Describe the image.",
     "The quick brown fox jumps over the lazy dog. A photo of a cat on a mat. Please answer the question.",
     "USER: ASSISTANT: user assistant system Question: Answer: The answer is",
+    " ".join(["USER: ASSISTANT:", "User: Assistant:", "<|im_start|>user <|im_start|>assistant"] * 8),
     "0 1 2 3 4 5 6 7 8 9 10 small large big tiny size position count",
+    # every answer word after a space and after a newline, so answers are single tokens in any template
+    " ".join(f"Answer: {w} answer {w}\n{w}" for w in (
+        "red green blue yellow purple orange circle square triangle diamond left middle right one two three "
+        "yes no").split()),
 ]
 
 
@@ -42,7 +47,10 @@ def build_tokenizer(special_tokens: list[str], vocab_size: int = 512, extra_toke
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer)
+    from mbias.synth import PHRASINGS
+
+    corpus = _CORPUS + [" ".join(p) for p in PHRASINGS.values()]
+    tok.train_from_iterator(corpus * 4, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok)
     if extra_tokens:
         fast.add_special_tokens({"additional_special_tokens": extra_tokens})
@@ -155,6 +163,10 @@ def build_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    # CLIP initialises position embeddings ~9x smaller than patch embeddings; trained from scratch, a tiny
+    # model then takes long to learn *where* things are. Same scale as the patch embedding fixes that.
+    with torch.no_grad():
+        model.model.vision_tower.embeddings.position_embedding.weight.normal_(std=vision_hidden**-0.5)
     return _save(model, processor, out_dir)
 
 

@@ -46,8 +46,13 @@ def test_prepare_locates_question_image_and_answer(adapter, shapes_image):
     assert p.n_image_tokens > 0 and p.features.shape[0] == p.n_image_tokens
     assert set(p.image_positions.tolist()).isdisjoint(p.question_positions.tolist())
     assert (p.prompt_ids[p.image_positions] == adapter.image_token_id).all()
-    # every patch group of the default 4x4 grid holds at least one image token on these models
-    assert set(p.token_groups.tolist()) == set(range(adapter.config.patch_grid ** 2))
+    # every cell of the default 4x4 grid holds at least one image token on these models
+    groups = adapter.patch_groups(p)
+    assert groups.n == adapter.config.patch_grid ** 2
+    assert set(groups.token_group.tolist()) == set(range(groups.n))
+    # a grid finer than the token raster keeps only the non-empty cells as players
+    fine = adapter.patch_groups(p, grid=12)
+    assert fine.n <= p.n_image_tokens and set(fine.token_group.tolist()) == set(range(fine.n))
     assert adapter.tokenizer.decode(p.answer_ids).strip() == "red"
 
 

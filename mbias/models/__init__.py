@@ -7,9 +7,10 @@ import importlib
 
 _EXPORTS = {
     "ModelAdapter": "mbias.models.base",
-    "Prediction": "mbias.models.base",
-    "Prepared": "mbias.models.base",
-    "normalize_answer": "mbias.models.base",
+    "Encoded": "mbias.models.types",
+    "Prediction": "mbias.models.types",
+    "Prepared": "mbias.models.types",
+    "normalize_answer": "mbias.models.types",
     "AdapterConfig": "mbias.models.config",
     "FAMILIES": "mbias.models.families",
     "adapter_class_for": "mbias.models.families",

@@ -10,13 +10,11 @@ adapter only needs to know how a family lays image tokens out in space and how i
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import logging
-import re
-import string
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,6 +23,8 @@ from mbias.errors import MbiasError
 from mbias.example import Example
 from mbias.models import geometry
 from mbias.models.config import AdapterConfig
+from mbias.models.scoring import ScoringMixin
+from mbias.models.types import Encoded, Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -34,57 +34,7 @@ _VISION_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes", "image_gr
 _FORWARD_META_KEYS = ("image_grid_thw",)
 
 
-@dataclass
-class Prepared:
-    """One example, tokenized and encoded once; probes score many masked variants of it."""
-
-    example: Example
-    image: Any  # PIL image (RGB) or None for a text-only prompt
-    prompt_ids: torch.Tensor  # [P]
-    answer_ids: torch.Tensor  # [A] gold answer tokens, scored after the prompt
-    token_inputs: dict[str, torch.Tensor]  # per-token extras over the prompt ([P] each)
-    meta_inputs: dict[str, torch.Tensor]  # per-image extras for the forward pass
-    pixel_inputs: dict[str, torch.Tensor]  # what the vision tower takes
-    image_positions: torch.Tensor  # [N] sequence positions of image placeholder tokens
-    question_positions: torch.Tensor  # [Q] positions of the user's question tokens (template text excluded)
-    features: torch.Tensor | None  # [N, D] projected image features
-    pooler_layout: tuple | None  # how to hand rows back to this family's forward
-    token_groups: torch.Tensor  # [N] patch group of each image token
-    view_box: tuple[float, float, float, float]
-    choice_ids: list[torch.Tensor] | None
-    question_tokens: list[str]
-    baseline_features: dict[str, torch.Tensor] = field(default_factory=dict)
-    baseline_images: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def has_image(self) -> bool:
-        return self.features is not None
-
-    @property
-    def n_question(self) -> int:
-        return int(self.question_positions.numel())
-
-    @property
-    def n_image_tokens(self) -> int:
-        return int(self.image_positions.numel())
-
-
-@dataclass
-class Prediction:
-    text: str
-    correct: bool
-    choice_scores: list[float] | None = None  # log p(choice) per choice, when the example has choices
-
-
-def normalize_answer(text: str) -> str:
-    """VQA-style normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-class ModelAdapter:
+class ModelAdapter(ScoringMixin):
     """Base adapter; families override the few hooks marked below."""
 
     family: ClassVar[str] = "generic"
@@ -103,6 +53,7 @@ class ModelAdapter:
         self.model_id = model_id
         self.config = config or AdapterConfig()
         self.image_token_id = self._image_token_id()
+        self._text_cache: dict = {}
 
     # ----------------------------------------------------------------------------------------------------------
     # family hooks
@@ -117,7 +68,7 @@ class ModelAdapter:
             )
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def token_coords(self, prompt_inputs, image, n_tokens: int) -> torch.Tensor:
+    def token_coords(self, pixel_inputs, image, n_tokens: int) -> torch.Tensor:
         """(y, x) centre in the view box of each image token, in placeholder order. Generic: a square raster."""
         return geometry.square_coords(n_tokens)
 
@@ -157,44 +108,73 @@ class ModelAdapter:
             raise MbiasError(f"answer {answer!r} encodes to no tokens")
         return torch.tensor(ids, dtype=torch.long)
 
-    def prepare(self, example: Example, *, with_image: bool = True) -> Prepared:
-        """Tokenize, locate image/question tokens, encode the answer(s) and compute image features once."""
+    def encode(self, example: Example, *, with_image: bool = True) -> Encoded:
+        """Tokenize: prompt through the chat template, image and question token positions, answer ids."""
         image = example.load_image() if with_image else None
         prompt = self.build_prompt(example.question, with_image)
-        inputs = self.process(prompt, image)
-        ids = inputs["input_ids"][0]
-        seq_len = ids.shape[0]
-        token_inputs = {k: v[0] for k, v in inputs.items()
-                        if k not in ("input_ids", "attention_mask", "labels") + _VISION_KEYS
-                        and torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == seq_len}
-        meta_inputs = {k: inputs[k] for k in _FORWARD_META_KEYS if k in inputs}
-        pixel_inputs = {k: inputs[k] for k in _VISION_KEYS if k in inputs}
-        image_positions = (ids == self.image_token_id).nonzero().flatten()
-        question_positions = self._question_positions(prompt, example.question, ids)
-        answer_ids = self.encode_answer(prompt, example.answer)
-        choice_ids = [self.encode_answer(prompt, c) for c in example.choices] if example.choices else None
-
-        features = layout = None
-        groups = torch.zeros(0, dtype=torch.long)
-        box = (0.0, 0.0, 1.0, 1.0)
-        if with_image:
-            features, layout = self._encode_images(pixel_inputs)
-            if features.shape[1] != image_positions.numel():
-                raise MbiasError(
-                    f"{self.model_id}: {image_positions.numel()} image tokens in the prompt but the vision tower "
-                    f"gave {features.shape[1]} features; the processor and model configs disagree"
-                )
-            features = features[0]
-            box = self.view_box(image)
-            coords = self.token_coords(inputs, image, features.shape[0])
-            groups = geometry.token_groups(coords, self.config.patch_grid)
-        q_tokens = self.tokenizer.convert_ids_to_tokens(ids[question_positions].tolist())
-        return Prepared(
-            example=example, image=image, prompt_ids=ids, answer_ids=answer_ids, token_inputs=token_inputs,
-            meta_inputs=meta_inputs, pixel_inputs=pixel_inputs, image_positions=image_positions,
-            question_positions=question_positions, features=features, pooler_layout=layout, token_groups=groups,
-            view_box=box, choice_ids=choice_ids, question_tokens=[self._clean_token(t) for t in q_tokens],
+        text = self._prompt_encoding(prompt, example.question, image)
+        pixel_inputs = {}
+        if image is not None:
+            pix = self.processor.image_processor(images=[image], return_tensors="pt")
+            pixel_inputs = {k: pix[k] for k in _VISION_KEYS if k in pix}
+        return Encoded(
+            example=example, image=image, answer_ids=self._answer_ids(prompt, example.answer),
+            pixel_inputs=pixel_inputs,
+            choice_ids=[self._answer_ids(prompt, c) for c in example.choices] if example.choices else None,
+            **text,
         )
+
+    def _prompt_encoding(self, prompt: str, question: str, image) -> dict:
+        """The text half of an encoding. It depends on the image only through its size (how many placeholder
+        tokens the processor expands), so it is cached per (prompt, size): datasets repeat their phrasings."""
+        key = ("prompt", prompt, None if image is None else image.size)
+        if key not in self._text_cache:
+            inputs = self.process(prompt, image)
+            ids = inputs["input_ids"][0]
+            seq_len = ids.shape[0]
+            question_positions = self._question_positions(prompt, question, ids)
+            q_tokens = self.tokenizer.convert_ids_to_tokens(ids[question_positions].tolist())
+            self._text_cache[key] = dict(
+                prompt_ids=ids,
+                token_inputs={k: v[0] for k, v in inputs.items()
+                              if k not in ("input_ids", "attention_mask", "labels") + _VISION_KEYS
+                              and torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == seq_len},
+                meta_inputs={k: inputs[k] for k in _FORWARD_META_KEYS if k in inputs},
+                image_positions=(ids == self.image_token_id).nonzero().flatten(),
+                question_positions=question_positions,
+                question_tokens=[self._clean_token(t) for t in q_tokens],
+            )
+        return self._text_cache[key]
+
+    def _answer_ids(self, prompt: str, answer: str) -> torch.Tensor:
+        key = (prompt, answer)
+        if key not in self._text_cache:
+            self._text_cache[key] = self.encode_answer(prompt, answer)
+        return self._text_cache[key]
+
+    def prepare(self, example: Example | Encoded, *, with_image: bool = True) -> Prepared:
+        """Encode (unless given an ``Encoded``) and compute the image features once."""
+        enc = example if isinstance(example, Encoded) else self.encode(example, with_image=with_image)
+        prepared = Prepared(**{f.name: getattr(enc, f.name) for f in dataclasses.fields(Encoded)})
+        if enc.image is None:
+            return prepared
+        features, layout = self._encode_images(enc.pixel_inputs)
+        if features.shape[1] != enc.n_image_tokens:
+            raise MbiasError(
+                f"{self.model_id}: {enc.n_image_tokens} image tokens in the prompt but the vision tower "
+                f"gave {features.shape[1]} features; the processor and model configs disagree"
+            )
+        prepared.features, prepared.pooler_layout = features[0], layout
+        prepared.view_box = self.view_box(enc.image)
+        prepared.token_coords = self.token_coords(enc.pixel_inputs, enc.image, enc.n_image_tokens)
+        return prepared
+
+    def patch_groups(self, prepared: Prepared, grid: int | None = None) -> geometry.PatchGroups:
+        """The image players of ``prepared`` for a ``grid x grid`` partition (default: the config's)."""
+        grid = grid or self.config.patch_grid
+        if grid not in prepared.group_cache:
+            prepared.group_cache[grid] = geometry.patch_groups(prepared.token_coords, grid)
+        return prepared.group_cache[grid]
 
     def _clean_token(self, token: str) -> str:
         return self.tokenizer.convert_tokens_to_string([token]) if token else token
@@ -265,7 +245,7 @@ class ModelAdapter:
         feats, _ = self._encode_images(pixel_inputs)
         return feats
 
-    def baseline_image(self, prepared: Prepared, kind: str, swap_image=None):
+    def baseline_image(self, prepared: Encoded, kind: str, swap_image=None):
         """The whole-image baseline of ``kind`` at the example image's size."""
         from PIL import Image
 
@@ -291,6 +271,13 @@ class ModelAdapter:
         prepared.baseline_images[kind] = result
         return result
 
+    def baseline_pixels(self, encoded: Encoded, kind: str) -> dict[str, torch.Tensor]:
+        """Vision inputs of the whole-image baseline (cached on the example), for training-time passes."""
+        if kind not in encoded.baseline_pixel_inputs:
+            pix = self.processor.image_processor(images=[self.baseline_image(encoded, kind)], return_tensors="pt")
+            encoded.baseline_pixel_inputs[kind] = {k: pix[k] for k in _VISION_KEYS if k in pix}
+        return encoded.baseline_pixel_inputs[kind]
+
     def baseline(self, prepared: Prepared, kind: str | None = None, swap_image=None) -> torch.Tensor:
         """[N, D] features of the whole-image baseline (computed once per example and kind)."""
         kind = kind or self.config.image_baseline
@@ -311,185 +298,6 @@ class ModelAdapter:
         if tid is None:
             raise MbiasError(f"the tokenizer has no {kind} token; choose another text_baseline")
         return int(tid)
-
-    # ----------------------------------------------------------------------------------------------------------
-    # scoring
-    def variant_inputs(self, prepared: Prepared, image_keep: torch.Tensor | None, text_keep: torch.Tensor | None,
-                       *, baseline: str | None = None, swap_image=None):
-        """Prompt ids [V, P] and image feature rows [V, N, D] (or None) for keep-masks over groups and tokens."""
-        if image_keep is None and text_keep is None:
-            image_keep = torch.ones(1, self.config.patch_grid ** 2, dtype=torch.bool)
-        n_var = (image_keep if image_keep is not None else text_keep).shape[0]
-        ids = prepared.prompt_ids.unsqueeze(0).repeat(n_var, 1)
-        if text_keep is not None and prepared.n_question:
-            tk = text_keep.to(torch.bool).cpu()
-            q = prepared.question_positions
-            ids[:, q] = torch.where(tk, ids[:, q], torch.full_like(ids[:, q], self.text_baseline_id()))
-        if not prepared.has_image:
-            return ids, None
-        if image_keep is None:
-            image_keep = torch.ones(n_var, self.config.patch_grid ** 2, dtype=torch.bool)
-        ik = image_keep.to(torch.bool).cpu()
-        if bool(ik.all()):
-            return ids, prepared.features.unsqueeze(0).expand(n_var, -1, -1)
-        kind = baseline or self.config.image_baseline
-        if self.config.masking == "pixel":
-            return ids, self._pixel_masked_features(prepared, ik, kind, swap_image)
-        base = self.baseline(prepared, kind, swap_image)
-        token_keep = ik[:, prepared.token_groups].to(prepared.features.device).unsqueeze(-1)  # [V, N, 1]
-        return ids, torch.where(token_keep, prepared.features.unsqueeze(0), base.unsqueeze(0))
-
-    def _pixel_masked_features(self, prepared, ik, kind, swap_image):
-        base_img = self.baseline_image(prepared, kind, swap_image)
-        rows = [None] * ik.shape[0]
-        todo = []
-        for v in range(ik.shape[0]):
-            if bool(ik[v].all()):
-                rows[v] = prepared.features
-            else:
-                masked = (~ik[v]).nonzero().flatten().numpy()
-                todo.append((v, geometry.paint_groups(prepared.image, base_img, masked, self.config.patch_grid,
-                                                      prepared.view_box)))
-        bs = max(1, self.config.batch_size)
-        for i in range(0, len(todo), bs):
-            chunk = todo[i:i + bs]
-            feats = self.image_features_for([img for _, img in chunk])
-            for (v, _), f in zip(chunk, feats, strict=True):
-                rows[v] = f
-        return torch.stack(rows)
-
-    @torch.no_grad()
-    def score(self, prepared: Prepared, image_keep: torch.Tensor | None = None,
-              text_keep: torch.Tensor | None = None, *, answers: list[torch.Tensor] | None = None,
-              baseline: str | None = None, swap_image=None) -> torch.Tensor:
-        """Teacher-forced log p(answer | variant), summed over answer tokens.
-
-        ``image_keep`` [V, G] keeps (True) or masks each patch group; ``text_keep`` [V, Q] each question token.
-        Returns [V] for the gold answer, or [V, C] when ``answers`` (a list of token-id tensors) is given.
-        """
-        ids, feats = self.variant_inputs(prepared, image_keep, text_keep, baseline=baseline, swap_image=swap_image)
-        return self.score_inputs(prepared, ids, feats, answers=answers)
-
-    def score_inputs(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None, *,
-                     answers: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Scores for explicit prompt ids [V, P] and feature rows [V, N, D]; see ``score``."""
-        single = answers is None
-        answers = [prepared.answer_ids] if single else answers
-        n_var, n_ans = ids.shape[0], len(answers)
-        rows = [(v, c) for v in range(n_var) for c in range(n_ans)]
-        out = torch.empty(len(rows), dtype=torch.float32)
-        done = 0
-        bs = self.config.batch_size
-        while done < len(rows):
-            chunk = rows[done:done + bs]
-            try:
-                out[done:done + len(chunk)] = self._score_rows(prepared, ids, feats, answers, chunk)
-            except torch.OutOfMemoryError:
-                if bs == 1:
-                    raise MbiasError("out of memory scoring a single variant; use a smaller model, --dtype "
-                                     "bfloat16, --load-in-4bit, or a device with more memory") from None
-                bs = max(1, bs // 2)
-                logger.warning("out of memory; retrying with batch size %d", bs)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            done += len(chunk)
-        out = out.view(n_var, n_ans)
-        return out[:, 0] if single else out
-
-    def _score_rows(self, prepared, ids, feats, answers, rows) -> torch.Tensor:
-        dev = self.device
-        P = prepared.prompt_ids.shape[0]
-        max_a = max(int(answers[c].numel()) for _, c in rows)
-        L = P + max_a
-        B = len(rows)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for b, (v, c) in enumerate(rows):
-            a = answers[c]
-            input_ids[b, :P] = ids[v]
-            input_ids[b, P:P + a.numel()] = a
-            attn[b, :P + a.numel()] = 1
-        kwargs = {"input_ids": input_ids.to(dev), "attention_mask": attn.to(dev)}
-        for k, v in prepared.token_inputs.items():
-            ext = torch.full((B, L), self._answer_fill(k), dtype=v.dtype)
-            ext[:, :P] = v
-            kwargs[k] = ext.to(dev)
-        if feats is not None:
-            sel = feats[[v for v, _ in rows]].to(dev, self.model.dtype)
-            kwargs["mm_encoder_outputs"] = self._pack(sel, prepared.pooler_layout)
-            for k, v in prepared.meta_inputs.items():
-                kwargs[k] = v.repeat(B, *([1] * (v.dim() - 1))).to(dev)
-        logits = self.model(**kwargs, use_cache=False, logits_to_keep=max_a + 1).logits  # [B, max_a+1, vocab]
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts answer token t
-        scores = torch.empty(B, dtype=torch.float32)
-        for b, (_, c) in enumerate(rows):
-            a = answers[c].to(dev)
-            scores[b] = logp[b, torch.arange(a.numel(), device=dev), a].sum().cpu()
-        return scores
-
-    def _answer_fill(self, key: str) -> int:
-        """Value of a per-token extra over answer positions (PaliGemma marks the suffix with token_type 1)."""
-        return 1 if key == "token_type_ids" else 0
-
-    # ----------------------------------------------------------------------------------------------------------
-    # answers, generation, attention
-    @torch.no_grad()
-    def predict(self, prepared: Prepared, image_keep=None, text_keep=None, *, baseline=None,
-                swap_image=None) -> Prediction:
-        """The model's answer under a (masked) input: argmax over choices, else greedy generation."""
-        ids, feats = self.variant_inputs(prepared, image_keep, text_keep, baseline=baseline, swap_image=swap_image)
-        return self.predict_inputs(prepared, ids, feats)
-
-    def predict_inputs(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None) -> Prediction:
-        gold = normalize_answer(prepared.example.answer)
-        if prepared.choice_ids:
-            scores = self.score_inputs(prepared, ids[:1], None if feats is None else feats[:1],
-                                       answers=prepared.choice_ids)[0]
-            best = int(scores.argmax())
-            text = prepared.example.choices[best]
-            return Prediction(text, normalize_answer(text) == gold, scores.tolist())
-        text = self.generate_inputs(prepared, ids[:1], None if feats is None else feats[:1])
-        return Prediction(text, normalize_answer(text) == gold)
-
-    def generate_inputs(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None,
-                        max_new_tokens: int | None = None) -> str:
-        dev = self.device
-        kwargs = {"input_ids": ids.to(dev), "attention_mask": torch.ones_like(ids).to(dev)}
-        kwargs.update({k: v.unsqueeze(0).to(dev) for k, v in prepared.token_inputs.items()})
-        if feats is not None:
-            kwargs["mm_encoder_outputs"] = self._pack(feats.to(dev, self.model.dtype), prepared.pooler_layout)
-            kwargs.update({k: v.to(dev) for k, v in prepared.meta_inputs.items()})
-        out = self.model.generate(
-            **kwargs, max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0,
-        )
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-
-    @torch.no_grad()
-    def attentions(self, prepared: Prepared) -> torch.Tensor:
-        """[layers, heads, A, S] attention from the positions that predict answer tokens to every position."""
-        previous = self.model.config._attn_implementation
-        self.model.set_attn_implementation("eager")
-        try:
-            ids, feats = self.variant_inputs(prepared, None, None)
-            dev = self.device
-            P, A = prepared.prompt_ids.shape[0], prepared.answer_ids.numel()
-            full = torch.cat([ids[0], prepared.answer_ids]).unsqueeze(0)
-            kwargs = {"input_ids": full.to(dev), "attention_mask": torch.ones_like(full).to(dev)}
-            for k, v in prepared.token_inputs.items():
-                ext = torch.full((1, P + A), self._answer_fill(k), dtype=v.dtype)
-                ext[0, :P] = v
-                kwargs[k] = ext.to(dev)
-            if feats is not None:
-                kwargs["mm_encoder_outputs"] = self._pack(feats.to(dev, self.model.dtype), prepared.pooler_layout)
-                kwargs.update({k: v.to(dev) for k, v in prepared.meta_inputs.items()})
-            out = self.model(**kwargs, use_cache=False, output_attentions=True, logits_to_keep=1)
-            # rows P-1 .. P+A-2 predict the answer tokens
-            return torch.stack([a[0, :, P - 1:P + A - 1, :].float().cpu() for a in out.attentions])
-        finally:
-            self.model.set_attn_implementation(previous)
 
     # ----------------------------------------------------------------------------------------------------------
     # parameter groups

@@ -24,7 +24,7 @@ class LlavaNextAdapter(ModelAdapter):
     family = "llava_next"
     model_types = ("llava_next",)
 
-    def token_coords(self, prompt_inputs, image, n_tokens):
+    def token_coords(self, pixel_inputs, image, n_tokens):
         from transformers.models.llava_next.modeling_llava_next import (
             get_anyres_image_grid_shape,
             unpad_image,
@@ -33,7 +33,7 @@ class LlavaNextAdapter(ModelAdapter):
         cfg = self.model.config
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
         base = geometry.grid_coords(side, side)
-        size = prompt_inputs["image_sizes"][0].tolist()
+        size = pixel_inputs["image_sizes"][0].tolist()
         nph, npw = get_anyres_image_grid_shape(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size)
         canvas = torch.zeros(1, nph * side, npw * side)
         h, w = unpad_image(canvas, size).shape[1:]
@@ -53,8 +53,8 @@ class Qwen2VLAdapter(ModelAdapter):
     vision_modules = ("visual",)
     projector_modules = ("visual.merger",)  # the patch merger is Qwen's projector
 
-    def token_coords(self, prompt_inputs, image, n_tokens):
-        _, gh, gw = prompt_inputs["image_grid_thw"][0].tolist()
+    def token_coords(self, pixel_inputs, image, n_tokens):
+        _, gh, gw = pixel_inputs["image_grid_thw"][0].tolist()
         merge = self.model.config.vision_config.spatial_merge_size
         return geometry.grid_coords(gh // merge, gw // merge)
 
@@ -65,7 +65,7 @@ class Idefics3Adapter(ModelAdapter):
     family = "idefics3"
     model_types = ("idefics3", "smolvlm")
 
-    def token_coords(self, prompt_inputs, image, n_tokens):
+    def token_coords(self, pixel_inputs, image, n_tokens):
         info = self.processor.image_processor(images=[image], return_tensors="pt", return_row_col_info=True)
         rows, cols = int(info["rows"][0][0]), int(info["cols"][0][0])
         per_tile = n_tokens // (rows * cols + 1) if rows and cols else n_tokens

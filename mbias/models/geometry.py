@@ -8,6 +8,7 @@ centre; pixel-level masking paints the cell's pixels, so both mean "this region 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,10 +39,34 @@ def tiled_coords(rows: int, cols: int, tile_rows: int, tile_cols: int) -> torch.
     return torch.cat(out, dim=0)
 
 
-def token_groups(coords: torch.Tensor, grid: int) -> torch.Tensor:
-    """Patch-group index (row-major over a grid x grid partition) of each token centre."""
+def token_cells(coords: torch.Tensor, grid: int) -> torch.Tensor:
+    """Cell index (row-major over a grid x grid partition) of each token centre."""
     cell = (coords.clamp(0, 1 - 1e-6) * grid).floor().long()
     return cell[:, 0] * grid + cell[:, 1]
+
+
+@dataclass(frozen=True)
+class PatchGroups:
+    """Image players for one grid: the non-empty cells, and which player each image token belongs to.
+
+    Cells that hold no token centre (a grid finer than the token raster) are not players: they could only be
+    null players, and each one would cost forward passes.
+    """
+
+    grid: int
+    cells: tuple[int, ...]  # cell index of each player
+    token_group: torch.Tensor  # [N] player index of each image token
+
+    @property
+    def n(self) -> int:
+        return len(self.cells)
+
+
+def patch_groups(coords: torch.Tensor, grid: int) -> PatchGroups:
+    cells = token_cells(coords, grid)
+    present = sorted(set(cells.tolist()))
+    index = {c: i for i, c in enumerate(present)}
+    return PatchGroups(grid, tuple(present), torch.tensor([index[c] for c in cells.tolist()], dtype=torch.long))
 
 
 def crop_box(width: int, height: int, processor) -> tuple[float, float, float, float]:
@@ -58,11 +83,11 @@ def crop_box(width: int, height: int, processor) -> tuple[float, float, float, f
     return ((1 - fy) / 2, (1 - fx) / 2, (1 + fy) / 2, (1 + fx) / 2)
 
 
-def paint_groups(image, baseline, masked_groups: np.ndarray, grid: int, box=(0.0, 0.0, 1.0, 1.0)):
-    """Copy of ``image`` with the cells in ``masked_groups`` replaced by the same pixels of ``baseline``."""
+def paint_cells(image, baseline, masked_cells, grid: int, box=(0.0, 0.0, 1.0, 1.0)):
+    """Copy of ``image`` with the cells in ``masked_cells`` replaced by the same pixels of ``baseline``."""
     from PIL import Image
 
-    if len(masked_groups) == 0:
+    if len(masked_cells) == 0:
         return image
     a = np.asarray(image).copy()
     b = np.asarray(baseline)
@@ -72,7 +97,7 @@ def paint_groups(image, baseline, masked_groups: np.ndarray, grid: int, box=(0.0
     xs = np.round(np.linspace(x0, x1, grid + 1)).astype(int)
     # edge cells reach the image border: pixels outside the view box still leak in through resize filters
     ys[0], xs[0], ys[-1], xs[-1] = 0, 0, h, w
-    for g in masked_groups:
+    for g in masked_cells:
         r, c = divmod(int(g), grid)
         a[ys[r]:ys[r + 1], xs[c]:xs[c + 1]] = b[ys[r]:ys[r + 1], xs[c]:xs[c + 1]]
     return Image.fromarray(a)

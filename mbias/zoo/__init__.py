@@ -1,0 +1,158 @@
+"""The zoo: tiny LLaVA models trained from scratch on ``synth:shapes-pNN/train``, cached, loadable as ``zoo:NAME``.
+
+A model's cache folder is keyed by a hash of everything that shapes it (training config, dataset, zoo version),
+so changing any of them builds a fresh model instead of silently reusing a stale one. Builds take a file lock
+(two processes asking for the same model build it once) and write to a temporary folder renamed at the end, so
+an interrupted build never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mbias.errors import ModelLoadError
+from mbias.zoo.train import ZooTrainConfig
+
+logger = logging.getLogger(__name__)
+
+ZOO_VERSION = 1  # bump when training code changes in a way that changes the weights
+EVAL_SPLIT, EVAL_SIZE = "test-balanced", 300
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    data: str
+    description: str
+    train: ZooTrainConfig = field(default_factory=ZooTrainConfig)
+
+    def key(self) -> str:
+        blob = json.dumps({"data": self.data, "train": self.train.to_dict(), "zoo": ZOO_VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _entries() -> dict[str, ZooEntry]:
+    from mbias.synth import PRIORS
+
+    return {
+        f"shapes-p{k}": ZooEntry(
+            name=f"shapes-p{k}", data=f"synth:shapes-p{k}/train",
+            description=f"tiny LLaVA trained on shapes with a {int(v * 100)}% language prior")
+        for k, v in PRIORS.items()
+    }
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    entries = _entries()
+    if name not in entries:
+        raise ModelLoadError(f"unknown zoo model {name!r}; known: {', '.join(entries)}")
+    return entries[name]
+
+
+def cache_root() -> Path:
+    """``$MBIAS_CACHE`` or ``~/.cache/mbias``."""
+    return Path(os.environ.get("MBIAS_CACHE", Path.home() / ".cache" / "mbias")).expanduser()
+
+
+def model_dir(entry: ZooEntry) -> Path:
+    return cache_root() / "zoo" / f"{entry.name}-{entry.key()}"
+
+
+def zoo_model_path(name: str, *, build: bool = True, progress: bool = True) -> Path:
+    """The cached folder of ``zoo:name``, building it first if needed (about a minute on CPU)."""
+    entry = zoo_entry(name)
+    path = model_dir(entry)
+    if (path / "zoo.json").exists():
+        return path
+    if not build:
+        raise ModelLoadError(f"zoo:{name} is not built yet; run: mbias zoo build {name}")
+    return build_zoo_model(name, progress=progress)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def build_zoo_model(name: str, *, force: bool = False, progress: bool = True) -> Path:
+    """Train ``zoo:name`` from scratch and cache it; returns the model folder."""
+    import torch
+
+    from mbias.data import load_data
+    from mbias.models import load_adapter
+    from mbias.synth import load_synth
+    from mbias.tiny import build_llava
+    from mbias.zoo.train import choice_accuracy, train_tiny
+
+    entry = zoo_entry(name)
+    final = model_dir(entry)
+    with _lock(final.parent / f".{entry.name}.lock"):
+        if (final / "zoo.json").exists() and not force:
+            return final
+        logger.info("building zoo:%s (a tiny LLaVA trained from scratch; about a minute on CPU)", name)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cfg = entry.train
+        t0 = time.perf_counter()
+        build_llava(tmp, hidden=cfg.hidden, text_layers=cfg.text_layers, vision_layers=cfg.vision_layers,
+                    image_size=cfg.image_size, patch_size=cfg.patch_size, vision_hidden=cfg.vision_hidden,
+                    seed=cfg.seed)
+        adapter = load_adapter(str(tmp), device="cpu", dtype="float32")
+        data = load_data(entry.data, max_samples=cfg.train_size).examples
+        with _deterministic(cfg.seed):
+            info = train_tiny(adapter, [data[i] for i in range(len(data))], cfg, progress=progress)
+        adapter.model.save_pretrained(tmp)
+        evaluation = load_synth(f"{entry.name}/{EVAL_SPLIT}")
+        acc = choice_accuracy(adapter, [evaluation[i] for i in range(EVAL_SIZE)])
+        record = {"name": entry.name, "key": entry.key(), "data": entry.data, "train_config": cfg.to_dict(),
+                  "zoo_version": ZOO_VERSION, "torch": torch.__version__, "build_seconds":
+                  round(time.perf_counter() - t0, 1), **info, "eval": {EVAL_SPLIT: acc}}
+        (tmp / "zoo.json").write_text(json.dumps(record, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        logger.info("zoo:%s built in %.0f s, %s accuracy %.3f", name, record["build_seconds"], EVAL_SPLIT,
+                    acc["accuracy"])
+        return final
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def zoo_status() -> list[dict]:
+    rows = []
+    for name, entry in _entries().items():
+        path = model_dir(entry)
+        info = json.loads((path / "zoo.json").read_text()) if (path / "zoo.json").exists() else None
+        rows.append({
+            "name": name, "status": "built" if info else "not built",
+            "accuracy": info["eval"][EVAL_SPLIT]["accuracy"] if info else None,
+            "path": str(path) if info else "", "description": entry.description,
+        })
+    return rows

@@ -1,0 +1,147 @@
+"""What every probe shares: the registry, the per-sample context, and memoised modality-ablated outcomes.
+
+A probe turns one prepared example into one plain-float record (``run``) and a list of records into summary
+numbers with intervals (``summarize``). Probes never touch architecture details: they ask the sample context for
+scores of masked variants, and the context asks the model adapter. Outcomes that several probes need (the full
+input, the image masked, the question masked, ...) are computed once per sample and shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mbias.models.types import Prepared, normalize_answer
+from mbias.registry import Registry
+
+KEEP, MASK, REMOVED = "keep", "mask", "removed"
+
+
+def sample_seed(run_seed: int, sample_id: str, salt: str = "") -> int:
+    """A per-sample seed from the run seed and the sample id: independent of order, sharding and resuming."""
+    digest = hashlib.sha256(f"{run_seed}:{salt}:{sample_id}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The model on one modality-ablated input: log p(gold answer), its prediction, and whether it is right."""
+
+    logprob: float
+    prediction: str
+    correct: bool
+
+
+@dataclass
+class SampleContext:
+    """Everything a probe may use for one sample; outcomes are memoised across probes."""
+
+    adapter: Any
+    prepared: Prepared
+    run_seed: int = 0
+    swap_image: Any = None  # another sample's image, for the swap baseline
+    _text_only: Prepared | None = None
+    _outcomes: dict = field(default_factory=dict)
+
+    @property
+    def example(self):
+        return self.prepared.example
+
+    def rng(self, salt: str) -> np.random.Generator:
+        return np.random.default_rng(sample_seed(self.run_seed, self.example.id, salt))
+
+    @property
+    def text_only(self) -> Prepared:
+        """The example prompted without any image (no image tokens at all)."""
+        if self._text_only is None:
+            self._text_only = self.adapter.prepare(self.example, with_image=False)
+        return self._text_only
+
+    def outcomes(self, variants: list[tuple[str, str]]) -> list[Outcome]:
+        """Outcomes for (image, text) modes: image in {keep, removed, or a baseline kind}, text in {keep, mask}.
+
+        All uncomputed variants that share a prompt go through one batched scoring call.
+        """
+        todo = [v for v in dict.fromkeys(variants) if v not in self._outcomes]
+        with_image = [v for v in todo if v[0] != REMOVED]
+        if with_image:
+            self._compute(self.prepared, with_image)
+        without = [v for v in todo if v[0] == REMOVED]
+        if without:
+            self._compute(self.text_only, without)
+        return [self._outcomes[v] for v in variants]
+
+    def outcome(self, image: str = KEEP, text: str = KEEP) -> Outcome:
+        return self.outcomes([(image, text)])[0]
+
+    def _compute(self, prepared: Prepared, variants: list[tuple[str, str]]) -> None:
+        ad = self.adapter
+        ids_rows, feat_rows = [], []
+        for image, text in variants:
+            text_keep = None if text == KEEP else torch.zeros(1, prepared.n_question, dtype=torch.bool)
+            image_keep = None
+            if image not in (KEEP, REMOVED):
+                image_keep = torch.zeros(1, ad.patch_groups(prepared).n, dtype=torch.bool)
+            ids, feats = ad.variant_inputs(prepared, image_keep, text_keep, baseline=None if image in (
+                KEEP, REMOVED) else image, swap_image=self.swap_image)
+            ids_rows.append(ids)
+            feat_rows.append(feats)
+        ids = torch.cat(ids_rows)
+        feats = None if feat_rows[0] is None else torch.cat(feat_rows)
+        for key, outcome in zip(variants, self.evaluate(prepared, ids, feats), strict=True):
+            self._outcomes[key] = outcome
+
+    def evaluate(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None) -> list[Outcome]:
+        """Outcomes of explicit variants (prompt ids [V, P], image rows [V, N, D]) in as few passes as possible:
+        with ``choices`` one batched scoring call gives both the gold log-prob and the prediction."""
+        ad = self.adapter
+        gold = normalize_answer(self.example.answer)
+        if prepared.choice_ids:
+            scores = ad.score_inputs(prepared, ids, feats, answers=prepared.choice_ids)  # [V, C]
+            gold_idx = _gold_index(self.example)
+            preds = [self.example.choices[int(i)] for i in scores.argmax(1)]
+            return [Outcome(float(scores[v, gold_idx]), p, normalize_answer(p) == gold) for v, p in enumerate(preds)]
+        logps = ad.score_inputs(prepared, ids, feats)
+        out = []
+        for v in range(ids.shape[0]):
+            pred = ad.generate_inputs(prepared, ids[v:v + 1], None if feats is None else feats[v:v + 1])
+            out.append(Outcome(float(logps[v]), pred, normalize_answer(pred) == gold))
+        return out
+
+
+def _gold_index(example) -> int:
+    gold = normalize_answer(example.answer)
+    for i, c in enumerate(example.choices):
+        if normalize_answer(c) == gold:
+            return i
+    raise ValueError(f"example {example.id!r}: the answer is not among the choices")
+
+
+class Probe:
+    """Base class. Subclasses set ``config_class``, implement ``run`` and ``summarize``, and register by name."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type] = type(None)
+    definition: ClassVar[str] = ""  # one sentence for the report
+
+    def __init__(self, config=None):
+        self.config = config if config is not None else self.config_class()
+
+    def run(self, ctx: SampleContext) -> dict:
+        raise NotImplementedError
+
+    def summarize(self, records: list[dict], groups: list[str]) -> dict:
+        raise NotImplementedError
+
+    def describe(self, adapter) -> dict:
+        """Method details recorded with the results: masks, value function, estimator, budget."""
+        cfg = adapter.config
+        return {"config": asdict(self.config), "image_baseline": cfg.image_baseline,
+                "text_baseline": cfg.text_baseline, "masking": cfg.masking, "patch_grid": cfg.patch_grid}
+
+
+PROBES: Registry[Probe] = Registry("probe", Probe)

@@ -1,0 +1,134 @@
+"""Synthetic benchmark and dataset loaders: determinism, the planted prior, and errors that name file and line."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from mbias.data import load_data
+from mbias.errors import DataError
+from mbias.synth import ANSWERS, load_synth
+
+
+def test_synthetic_examples_are_deterministic_and_randomly_accessible():
+    a, b = load_synth("synth:shapes-p90/train"), load_synth("shapes-p90/train")
+    for i in (0, 17, 4321):
+        x, y = a[i], b[i]
+        assert (x.id, x.question, x.answer, x.category) == (y.id, y.question, y.answer, y.category)
+        assert x.image.tobytes() == y.image.tobytes()
+    assert a[3].id != a[4].id
+
+
+@pytest.mark.parametrize("split,expected", [("train", 0.9), ("test-id", 0.9), ("test-balanced", 0.0)])
+def test_the_planted_prior_has_the_named_strength(split, expected):
+    ds = load_synth(f"shapes-p90/{split}")
+    n = 400
+    follows = Counter()
+    sizes = Counter()
+    for i in range(n):
+        ex = ds[i]
+        follows[ex.category] += ex.meta["follows_prior"]
+        sizes[ex.category] += 1
+    # P(answer == cue answer) = p + (1 - p) / K, per question type
+    for cat, count in sizes.items():
+        k = len(ANSWERS[cat])
+        want = expected + (1 - expected) / k
+        assert follows[cat] / count == pytest.approx(want, abs=0.16), cat
+
+
+def test_counter_prior_split_never_follows_the_cue():
+    ds = load_synth("shapes-p99/test-cp")
+    assert not any(ds[i].meta["follows_prior"] for i in range(300))
+
+
+def test_every_question_type_is_present_with_its_choices():
+    ds = load_synth("shapes-p00/test-balanced")
+    cats = {ds[i].category for i in range(200)}
+    assert cats == set(ANSWERS)
+    ex = ds[0]
+    assert ex.answer in ex.choices and ex.choices == list(ANSWERS[ex.category])
+
+
+def test_unknown_synthetic_name_lists_the_valid_ones():
+    with pytest.raises(DataError) as err:
+        load_data("synth:shapes-p42/train")
+    msg = str(err.value)
+    assert "shapes-p90" in msg and "test-cp" in msg and "\n" not in msg
+
+
+def test_export_round_trips_through_the_jsonl_loader(tmp_path, capsys):
+    from mbias.cli import main
+
+    assert main(["synth", "shapes-p50/test-cp", "--out", str(tmp_path / "out"), "--limit", "12"]) == 0
+    loaded = load_data(str(tmp_path / "out" / "data.jsonl")).examples
+    ds = load_synth("shapes-p50/test-cp")
+    assert len(loaded) == 12
+    for i, got in enumerate(loaded):
+        want = ds[i]
+        assert (got.id, got.question, got.answer, got.choices, got.category) == (
+            want.id, want.question, want.answer, want.choices, want.category)
+        assert got.load_image().tobytes() == want.image.tobytes()
+
+
+def _write(tmp_path, lines, name="data.jsonl"):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_text("not an image")
+    path = tmp_path / name
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+GOOD = {"id": "a", "image": "ok.png", "question": "What colour?", "answer": "red"}
+
+
+@pytest.mark.parametrize("bad_line,message", [
+    ('{"id": "b", "image": "ok.png", "question": "q"', "not valid JSON"),
+    ({"id": "b", "image": "ok.png", "answer": "red"}, "missing 'question'"),
+    ({"id": "b", "image": "ok.png", "question": "q"}, "missing 'answer'"),
+    ({"id": "b", "image": "nope.png", "question": "q", "answer": "x"}, "does not exist"),
+    ({"id": "b", "image": "bad.png", "question": "q", "answer": "x"}, "not a readable image"),
+    ({"id": "b", "image": "ok.png", "question": "q", "answer": "x", "choices": ["y", "z"]}, "not one of the choices"),
+    ({"id": "a", "image": "ok.png", "question": "q", "answer": "x"}, "duplicate id"),
+])
+def test_bad_records_name_file_and_line(tmp_path, bad_line, message):
+    path = _write(tmp_path, [GOOD, bad_line])
+    with pytest.raises(DataError) as err:
+        load_data(str(path))
+    msg = str(err.value)
+    assert f"{path} line 2" in msg and message in msg and "\n" not in msg
+    skipped = load_data(str(path), on_error="skip")
+    assert len(skipped.examples) == 1 and skipped.skipped == 1
+
+
+def test_imagefolder_metadata_and_relative_paths(tmp_path):
+    _write(tmp_path, [{"file_name": "ok.png", "question": "q?", "answer": "red", "category": "c"}],
+           name="metadata.jsonl")
+    ex = load_data(str(tmp_path)).examples[0]
+    assert ex.load_image().size == (8, 8) and ex.category == "c" and ex.id == "metadata-1"
+
+
+def test_saved_hf_dataset_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    img = Image.new("RGB", (8, 8), (0, 0, 255))
+    ds = datasets.Dataset.from_dict({"image": [img, img], "question": ["q1", "q2"], "answer": ["blue", "b"],
+                                     "id": ["x", "y"]}, features=datasets.Features({
+        "image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string"),
+        "id": datasets.Value("string")}))
+    ds.save_to_disk(tmp_path / "hf")
+    got = load_data(str(tmp_path / "hf")).examples
+    assert [e.id for e in got] == ["x", "y"] and got[0].load_image().getpixel((0, 0)) == (0, 0, 255)
+    datasets.DatasetDict({"test": ds}).save_to_disk(tmp_path / "dd")
+    with pytest.raises(DataError, match="splits test"):
+        load_data(str(tmp_path / "dd"))
+    assert len(load_data(str(tmp_path / "dd" / "test")).examples) == 2
+
+
+def test_missing_dataset_path_is_explained(tmp_path):
+    with pytest.raises(DataError, match="no dataset at"):
+        load_data(str(tmp_path / "nothing.jsonl"))

@@ -1,0 +1,160 @@
+"""Probe invariants on tiny models: Shapley efficiency, null players, determinism, batching, captum agreement."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from mbias.probes import PROBES, SampleContext
+from mbias.probes.mm_shap import MMShapConfig
+
+from mbias.example import Example
+from mbias.models import AdapterConfig, load_adapter
+from mbias.shapley import exact_shapley, permutation_shapley
+from tests.conftest import FAMILIES
+
+
+def _example(image, question="What colour is it?", **kw):
+    fields = dict(id="ex0", image=image, question=question, answer="red", choices=["red", "green", "blue"])
+    fields.update(kw)
+    return Example(**fields)
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_model_dir):
+    return load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(patch_grid=2))
+
+
+def _ctx(adapter, image, **kw):
+    return SampleContext(adapter, adapter.prepare(_example(image, **kw)), run_seed=3, swap_image=image.rotate(90))
+
+
+def test_shapley_estimators_on_a_known_game():
+    """A weighted-majority-plus-interaction game with hand-computable values."""
+    w = torch.tensor([1.0, 2.0, 0.5, 0.0])  # player 3 is a null player
+
+    def value(masks):
+        m = masks.float()
+        return m @ w + 3.0 * m[:, 0] * m[:, 1]  # the interaction is split equally between players 0 and 1
+
+    exact = exact_shapley(value, 4)
+    assert np.allclose(exact.phi, [2.5, 3.5, 0.5, 0.0], atol=1e-9)
+    approx = permutation_shapley(value, 4, 10, rng=np.random.default_rng(0))
+    assert approx.phi.sum() == pytest.approx(exact.v_full - exact.v_empty, abs=1e-9)  # efficiency, always
+    assert approx.phi[3] == 0.0
+    assert np.allclose(approx.phi, exact.phi, atol=1e-9)  # this game is additive up to a pairwise term
+
+
+def test_modality_shapley_is_efficient_and_matches_mm_shap_totals(llava, shapes_image):
+    ctx = _ctx(llava, shapes_image)
+    ms = PROBES.get("modality_shapley")().run(ctx)
+    assert ms["phi_image"] + ms["phi_text"] == pytest.approx(ms["v_full"] - ms["v_none"], abs=1e-6)
+    assert ms["vision_share"] + ms["language_share"] == pytest.approx(1.0)
+    mm = PROBES.get("mm_shap")(MMShapConfig(grid=2, estimator="exact")).run(ctx)
+    assert mm["n_text"] + mm["n_image"] <= 12
+    assert sum(mm["phi"]) == pytest.approx(ms["v_full"] - ms["v_none"], abs=1e-4)
+    assert mm["v_empty"] == pytest.approx(ms["v_none"], abs=1e-5)
+
+
+def test_exact_enumeration_agrees_with_captum_shapley_values(llava, shapes_image):
+    from mbias.captum_input import ImageTextInput, captum_shapley
+
+    # captum's ShapleyValues walks all n! orderings: keep n small (the question tokens + 2 image halves)
+    prepared = llava.prepare(_example(shapes_image, question="colour?"))
+    inp = ImageTextInput(llava, prepared, grid=2)
+    if inp.n_itp_features > 7:
+        inp = ImageTextInput(llava, prepared, grid=1)
+    assert inp.n_itp_features <= 7
+    ours = exact_shapley(inp.value, inp.n_itp_features)
+    theirs = captum_shapley(inp, "exact", n_samples=0, batch_size=64, seed=0)
+    assert np.allclose(ours.phi, theirs.phi, atol=1e-5)
+
+
+def test_mm_shap_estimators_run_and_report_budget(llava, shapes_image):
+    ctx = _ctx(llava, shapes_image)
+    for estimator in ("permutation", "captum_sampling", "captum_kernel"):
+        rec = PROBES.get("mm_shap")(MMShapConfig(grid=2, estimator=estimator, n_permutations=4,
+                                                 kernel_samples=40)).run(ctx)
+        assert rec["n_evaluations"] > 0 and len(rec["phi"]) == rec["n_text"] + rec["n_image"]
+        assert 0 <= rec["t_shap"] <= 1 and rec["t_shap"] + rec["v_shap"] == pytest.approx(1.0)
+
+
+def test_same_seed_same_records_and_batching_does_not_matter(tiny_model_dir, shapes_image):
+    small = load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(patch_grid=2, batch_size=3))
+    big = load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(patch_grid=2, batch_size=64))
+    for name, cfg in (("mm_shap", MMShapConfig(grid=2, estimator="permutation", n_permutations=6, batch_size=5)),
+                      ("degradation", None)):
+        a = PROBES.get(name)(cfg).run(_ctx(small, shapes_image))
+        b = PROBES.get(name)(cfg).run(_ctx(big, shapes_image))
+        again = PROBES.get(name)(cfg).run(_ctx(big, shapes_image))
+        assert again == b
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[key], abs=1e-5), key
+            elif isinstance(value, list) and value and isinstance(value[0], float):
+                assert np.allclose(value, b[key], atol=1e-5), key
+
+
+def _zero_projector(adapter):
+    with torch.no_grad():
+        for part in adapter._parts(adapter.projector_modules):
+            for p in part.parameters():
+                p.zero_()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, shapes_image):
+    adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    _zero_projector(adapter)
+    ctx = _ctx(adapter, shapes_image)
+    ms = PROBES.get("modality_shapley")().run(ctx)
+    assert ms["vision_share"] < 0.01
+    mm = PROBES.get("mm_shap")(MMShapConfig(grid=2, estimator="permutation", n_permutations=4)).run(ctx)
+    assert mm["v_shap"] < 0.01
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
+def test_a_model_that_cannot_read_has_no_language_share(family, tiny_model_dir, shapes_image):
+    adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    prepared = adapter.prepare(_example(shapes_image))
+    ids = set(prepared.prompt_ids[prepared.question_positions].tolist()) | {adapter.text_baseline_id()}
+    with torch.no_grad():
+        adapter.model.get_input_embeddings().weight[sorted(ids)] = 0.0
+    ctx = SampleContext(adapter, prepared, swap_image=shapes_image.rotate(90))
+    ms = PROBES.get("modality_shapley")().run(ctx)
+    assert ms["language_share"] < 0.01
+    mm = PROBES.get("mm_shap")(MMShapConfig(grid=2, estimator="permutation", n_permutations=4)).run(ctx)
+    assert mm["t_shap"] < 0.01
+
+
+def test_ablation_attention_degradation_pdm_records(llava, shapes_image):
+    ctx = _ctx(llava, shapes_image)
+    ab = PROBES.get("ablation")().run(ctx)
+    assert {"acc_full", "acc_no_image", "acc_blank_image", "acc_noise_image", "acc_swapped_image",
+            "acc_no_text", "flip_swap", "visual_info_gain"} <= set(ab)
+    assert ab["logprob_full"] == pytest.approx(float(llava.score(ctx.prepared)[0]), abs=1e-5)
+    att = PROBES.get("attention")().run(ctx)
+    assert 0 < att["image_attention_share"] < 1 and len(att["per_layer"]) == 2
+    assert att["image_attention_share"] + att["question_attention_share"] <= 1 + 1e-6
+    deg = PROBES.get("degradation")().run(ctx)
+    assert len(deg["image_accuracy"]) == 10 and 0 <= deg["image_auc"] <= 1
+    pdm = PROBES.get("pdm")().run(ctx)
+    assert pdm["n_steps"] == len(pdm["hellinger"]) and all(0 <= h <= 1 for h in pdm["hellinger"])
+
+
+def test_summaries_have_intervals(llava, shapes_image):
+    records = {n: [] for n in PROBES.names()}
+    for i, colour in enumerate(["red", "green", "blue"]):
+        ctx = SampleContext(llava, llava.prepare(_example(shapes_image, id=f"e{i}", answer=colour)),
+                            swap_image=shapes_image.rotate(90))
+        for name in records:
+            cfg = MMShapConfig(grid=2, estimator="permutation", n_permutations=4) if name == "mm_shap" else None
+            records[name].append(PROBES.get(name)(cfg).run(ctx))
+    groups = ["img"] * 3
+    ms = PROBES.get("modality_shapley")().summarize(records["modality_shapley"], groups)
+    lo, hi = ms["language_share"]["ci95"]
+    assert lo <= ms["language_share"]["mean"] <= hi
+    deg = PROBES.get("degradation")().summarize(records["degradation"], groups)
+    assert math.isfinite(deg["image"]["auc"])
