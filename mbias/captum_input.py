@@ -39,8 +39,13 @@ class ImageTextInput(InterpretableInput):
                                            grid=self.groups.grid)
 
     def value(self, masks: torch.Tensor) -> torch.Tensor:
-        """[K] values (log p(answer), or p(answer)) of coalitions ``masks`` [K, n] (bool or 0/1)."""
+        """[K] values of coalitions ``masks`` [K, n] (bool or 0/1): log p(answer) (``logprob``), p(answer)
+        (``prob``), or log p(answer) renormalised over the example's choices (``choice``)."""
         ids, feats = self.to_model_input(masks.float())
+        if self.value_kind == "choice":
+            scores = self.adapter.score_inputs(self.prepared, ids, feats, answers=self.prepared.choice_ids)
+            gold = self.prepared.example.choices.index(self.prepared.example.answer)
+            return scores[:, gold] - torch.logsumexp(scores, dim=1)
         logp = self.adapter.score_inputs(self.prepared, ids, feats)
         return logp.exp() if self.value_kind == "prob" else logp
 

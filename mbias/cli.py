@@ -29,7 +29,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset reference (see below)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    p.add_argument("--seed", type=int, help="run seed (default: 0, or the config file's)")
     p.add_argument("--config", help="YAML file with config fields (flags given here win)")
     p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                    help="bad records: stop before writing anything (default) or skip them with a count in the log")

@@ -68,18 +68,22 @@ def permutation_shapley(value_fn, n: int, n_permutations: int, *, rng: np.random
         perms.append(p)
         if antithetic and len(perms) < n_permutations:
             perms.append(p[::-1].copy())
-    prefix_codes = []
-    for p in perms:
-        bits = (1 << p.astype(np.int64))
-        prefix_codes.append(np.concatenate([[0], np.cumsum(bits)]))
-    prefixes = np.stack(prefix_codes)  # [m, n+1]
-    unique = np.unique(prefixes)
-    table = _evaluate(value_fn, unique, n, batch_size)
-    vals = np.vectorize(table.__getitem__)(prefixes)
+    m = len(perms)
+    # prefix coalitions of every permutation as boolean rows: [m, n+1, n]
+    order = np.zeros((m, n), dtype=np.int64)
+    for k, p in enumerate(perms):
+        order[k, p] = np.arange(n)  # position of each player in permutation k
+    prefixes = order[:, None, :] < np.arange(n + 1)[None, :, None]
+    unique, inverse = np.unique(prefixes.reshape(-1, n), axis=0, return_inverse=True)
+    values = np.empty(len(unique))
+    for i in range(0, len(unique), batch_size):
+        out = value_fn(torch.from_numpy(unique[i:i + batch_size]))
+        values[i:i + batch_size] = out.detach().float().cpu().numpy()
+    vals = values[inverse.reshape(m, n + 1)]
     marg = np.diff(vals, axis=1)  # [m, n]: marginal of the k-th player added
     phi = np.zeros(n)
-    for p, m in zip(perms, marg, strict=True):
-        phi[p] += m
-    phi /= len(perms)
-    full = (1 << n) - 1
-    return ShapleyResult(phi, table[full], table[0], len(unique), "permutation" + ("+antithetic" if antithetic else ""))
+    for p, row in zip(perms, marg, strict=True):
+        phi[p] += row
+    phi /= m
+    return ShapleyResult(phi, float(vals[0, -1]), float(vals[0, 0]), len(unique),
+                         "permutation" + ("+antithetic" if antithetic else ""))

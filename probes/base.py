@@ -34,6 +34,7 @@ class Outcome:
     logprob: float
     prediction: str
     correct: bool
+    choice_logprob: float | None = None  # log p(gold) renormalised over the example's choices
 
 
 @dataclass
@@ -104,7 +105,9 @@ class SampleContext:
             scores = ad.score_inputs(prepared, ids, feats, answers=prepared.choice_ids)  # [V, C]
             gold_idx = _gold_index(self.example)
             preds = [self.example.choices[int(i)] for i in scores.argmax(1)]
-            return [Outcome(float(scores[v, gold_idx]), p, normalize_answer(p) == gold) for v, p in enumerate(preds)]
+            norm = scores[:, gold_idx] - torch.logsumexp(scores, dim=1)
+            return [Outcome(float(scores[v, gold_idx]), p, normalize_answer(p) == gold, float(norm[v]))
+                    for v, p in enumerate(preds)]
         logps = ad.score_inputs(prepared, ids, feats)
         out = []
         for v in range(ids.shape[0]):

@@ -34,14 +34,16 @@ class MMShapConfig:
     n_permutations: int = field(default=20, metadata={"help": "permutations for permutation/captum_sampling "
                                                               "(antithetic pairs for permutation)"})
     kernel_samples: int = field(default=200, metadata={"help": "coalitions for captum_kernel"})
-    value: str = field(default="logprob", metadata={"help": "value function: logprob or prob of the gold answer"})
+    value: str = field(default="auto", metadata={"help": "value function of the gold answer: auto (choice when the "
+                                                         "example has choices, else logprob), logprob, prob, or "
+                                                         "choice (log-prob renormalised over the choices)"})
     batch_size: int = field(default=256, metadata={"help": "coalitions handed to the model adapter at once"})
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
-        if self.value not in ("logprob", "prob"):
-            raise ConfigError(f"value must be logprob or prob, not {self.value!r}")
+        if self.value not in ("auto", "logprob", "prob", "choice"):
+            raise ConfigError(f"value must be auto, logprob, prob or choice, not {self.value!r}")
 
 
 def t_shap(phi: np.ndarray, n_text: int) -> tuple[float | None, float | None]:
@@ -71,7 +73,12 @@ class MMShapProbe(Probe):
         from mbias.captum_input import ImageTextInput, captum_shapley
 
         cfg = self.config
-        inp = ImageTextInput(ctx.adapter, ctx.prepared, self.grid_for(ctx.prepared), value=cfg.value)
+        value = cfg.value
+        if value == "auto":
+            value = "choice" if ctx.example.choices else "logprob"
+        if value == "choice" and ctx.example.answer not in (ctx.example.choices or []):
+            value = "logprob"
+        inp = ImageTextInput(ctx.adapter, ctx.prepared, self.grid_for(ctx.prepared), value=value)
         n = inp.n_itp_features
         estimator = cfg.estimator
         if estimator == "auto":
@@ -91,9 +98,10 @@ class MMShapProbe(Probe):
             "t_shap": raw, "v_shap": None if raw is None else 1.0 - raw, "t_shap_per_player": per_player,
             "phi": [float(x) for x in res.phi], "players": inp.values, "n_text": inp.n_text,
             "n_image": inp.n_image, "grid": inp.groups.grid, "cells": list(inp.groups.cells),
+            "view_box": list(ctx.prepared.view_box),
             "v_full": res.v_full, "v_empty": res.v_empty,
             "efficiency_gap": float(res.phi.sum() - (res.v_full - res.v_empty)),
-            "estimator": res.estimator, "n_evaluations": res.n_evaluations,
+            "estimator": res.estimator, "n_evaluations": res.n_evaluations, "value_function": value,
         }
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
@@ -108,7 +116,8 @@ class MMShapProbe(Probe):
         cfg = self.config
         info.update(players="question tokens + non-empty image cells of a grid x grid partition "
                     + (f"(grid {cfg.grid})" if cfg.grid else "(grid = ceil(sqrt(#question tokens)))"),
-                    value_function=f"{cfg.value} of the gold answer, summed over answer tokens",
+                    value_function=f"{cfg.value}: log p(gold answer) renormalised over the choices when the example "
+                    "has them (auto/choice), else summed over answer tokens",
                     estimator=cfg.estimator, budget=(f"{cfg.n_permutations} permutations" if cfg.estimator != "exact"
                                                      else "all coalitions"))
         return info

@@ -1,13 +1,22 @@
 """modality_shapley: exact two-player Shapley values of {image, text} (the headline number of an audit).
 
 Four scored variants per sample: both players present, image only (question masked), text only (image masked),
-neither. With v = log p(gold answer) (or 1[correct] for the accuracy-valued version):
+neither. With v the value of the gold answer:
 
     phi_img = 1/2 [(v(I,T) - v(-,T)) + (v(I,-) - v(-,-))]
     phi_txt = 1/2 [(v(I,T) - v(I,-)) + (v(-,T) - v(-,-))]
     vision_share = |phi_img| / (|phi_img| + |phi_txt|),  language_share = 1 - vision_share
 
 A share is undefined (None) when both values are 0; such samples are left out of the share's mean and counted.
+
+Three value functions are recorded for every sample: ``logprob`` (log p(gold), summed over answer tokens, as
+captum's LLMAttribution), ``choice`` (log p(gold) renormalised over the example's choices) and ``acc``
+(1[prediction correct]). The headline share uses ``value``; ``auto`` takes ``choice`` when the example has
+choices. Why: the question also tells the model *what kind* of answer is wanted, so with raw log p(gold) a
+masked question costs every model a lot of probability mass (spread over all vocabulary) whatever its bias.
+Renormalising over the choices keeps the part of the question's contribution that picks *which* answer, which
+is where a language prior acts. On the zoo, raw log-prob shares put a model that answers 95% of counter-prior
+questions right at 0.72 "language"; choice-normalised at 0.40 (benchmarks/zoo_probe_shares.md).
 """
 
 from __future__ import annotations
@@ -19,9 +28,13 @@ from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
 from mbias.errors import ConfigError
 from mbias.stats import bootstrap_mean, ratio_share
 
+VALUES = ("auto", "logprob", "choice", "acc")
+
 
 @dataclass
 class ModalityShapleyConfig:
+    value: str = field(default="auto", metadata={"help": "headline value function: auto (choice when the example "
+                                                         "has choices, else logprob), logprob, choice or acc"})
     image_absent: str = field(
         default="baseline",
         metadata={"help": "how the image player is absent: baseline (the adapter's image baseline, same sequence "
@@ -31,6 +44,8 @@ class ModalityShapleyConfig:
     def __post_init__(self):
         if self.image_absent not in ("baseline", "removed"):
             raise ConfigError(f"image_absent must be baseline or removed, not {self.image_absent!r}")
+        if self.value not in VALUES:
+            raise ConfigError(f"value must be one of {', '.join(VALUES)}, not {self.value!r}")
 
 
 def two_player_shapley(v_both: float, v_img: float, v_txt: float, v_none: float) -> tuple[float, float]:
@@ -53,13 +68,20 @@ def shares(phi_img: float, phi_txt: float) -> tuple[float | None, float | None]:
 class ModalityShapleyProbe(Probe):
     config_class = ModalityShapleyConfig
     definition = ("Exact two-player Shapley values of the image and the question for the gold answer's "
-                  "log-probability; the language share is the text's part of the total absolute contribution.")
+                  "log-probability (renormalised over the choices when there are choices); the language share is "
+                  "the question's part of the total absolute contribution.")
 
     def run(self, ctx: SampleContext) -> dict:
         absent = REMOVED if self.config.image_absent == "removed" else ctx.adapter.config.image_baseline
         both, img, txt, none = ctx.outcomes([(KEEP, KEEP), (KEEP, MASK), (absent, KEEP), (absent, MASK)])
-        record = {}
-        for suffix, get in (("", lambda o: o.logprob), ("_acc", lambda o: float(o.correct))):
+        value = self.config.value
+        if value == "auto":
+            value = "choice" if ctx.example.choices else "logprob"
+        record = {"value_function": value}
+        getters = [("_logprob", lambda o: o.logprob), ("_acc", lambda o: float(o.correct))]
+        if ctx.example.choices:
+            getters.append(("_choice", lambda o: o.choice_logprob))
+        for suffix, get in getters:
             phi_i, phi_t = two_player_shapley(get(both), get(img), get(txt), get(none))
             vis, lang = shares(phi_i, phi_t)
             record.update({
@@ -68,13 +90,18 @@ class ModalityShapleyProbe(Probe):
                 f"phi_image{suffix}": phi_i, f"phi_text{suffix}": phi_t,
                 f"vision_share{suffix}": vis, f"language_share{suffix}": lang,
             })
+        for key in ("phi_image", "phi_text", "vision_share", "language_share", "v_full", "v_none"):
+            record[key] = record[f"{key}_{value}"]
         return record
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
         out = {}
-        for key in ("language_share", "vision_share", "phi_image", "phi_text", "language_share_acc",
-                    "vision_share_acc", "phi_image_acc", "phi_text_acc"):
+        for key in ("language_share", "vision_share", "phi_image", "phi_text"):
             out[key] = bootstrap_mean([r[key] for r in records], groups)
+            for value in ("logprob", "choice", "acc"):
+                if any(f"{key}_{value}" in r for r in records):
+                    out[f"{key}_{value}"] = bootstrap_mean([r.get(f"{key}_{value}") for r in records], groups)
+        out["value_function"] = sorted({r["value_function"] for r in records})
         # the share of summed absolute contributions: weights samples by how much they move at all
         out["pooled_language_share"] = ratio_share([abs(r["phi_text"]) for r in records],
                                                    [abs(r["phi_text"]) + abs(r["phi_image"]) for r in records])
@@ -82,7 +109,9 @@ class ModalityShapleyProbe(Probe):
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)
-        info.update(players=["image", "question"], value_function="log p(gold answer), summed over answer tokens; "
-                    "accuracy-valued version with 1[prediction correct]", estimator="exact (4 coalitions)",
+        info.update(players=["image", "question"], value_function=f"{self.config.value}: log p(gold answer) "
+                    "renormalised over the choices when the example has them (auto/choice), else summed over "
+                    "answer tokens (logprob); 1[prediction correct] (acc) also recorded",
+                    estimator="exact (4 coalitions)",
                     budget="4 scored variants per sample")
         return info

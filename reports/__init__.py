@@ -1,1 +1,85 @@
-"""Reports from summary.json alone (no torch): HTML, Markdown, model card, plots, comparisons."""
+"""Reports from summary.json alone (no torch): HTML, Markdown, model card, plots, comparisons.
+
+``render_audit(dir)`` re-renders an audit folder; ``render_compare(a, b)`` writes a side-by-side of two audits
+(e.g. before and after a balancing fine-tune) with differences and their intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mbias.errors import MbiasError
+
+
+def _load_summary(folder: Path) -> dict:
+    path = folder / "summary.json"
+    if not path.exists():
+        raise MbiasError(f"{folder} has no summary.json; run mbias audit first (or let it finish: rerunning the "
+                         "same audit command resumes it)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise MbiasError(f"{path} is not valid JSON ({exc}); rerun the audit to rewrite it") from None
+
+
+def _records(folder: Path) -> list[dict]:
+    path = folder / "results.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
+    return out
+
+
+def render_audit(folder: str | Path, out: str | Path | None = None) -> Path:
+    """Write report.html, report.md, model_card.md and plots/*.png for an audit folder; returns the HTML path."""
+    from mbias.reports import plots
+    from mbias.reports.html import render_html
+    from mbias.reports.markdown import render_markdown, render_model_card
+
+    folder = Path(folder)
+    target = Path(out) if out else folder
+    if target.suffix == ".html":
+        target, html_name = target.parent, target.name
+    else:
+        html_name = "report.html"
+    target.mkdir(parents=True, exist_ok=True)
+    summary = _load_summary(folder)
+    records = _records(folder)
+    figures = {
+        "share_distribution": plots.share_distribution(records),
+        "per_category": plots.per_category(summary),
+        "ablation": plots.ablation(summary),
+        "degradation": plots.degradation(summary),
+        "attention_layers": plots.attention_layers(summary),
+        "pdm_steps": plots.pdm_steps(summary),
+    }
+    figures = {k: v for k, v in figures.items() if v is not None}
+    overlays = [plots.example_overlay(ex) for ex in summary.get("examples", [])]
+    (target / "plots").mkdir(exist_ok=True)
+    plot_files = {}
+    for name, png in figures.items():
+        (target / "plots" / f"{name}.png").write_bytes(png)
+        plot_files[name] = f"plots/{name}.png"
+    for i, png in enumerate(overlays):
+        (target / "plots" / f"example_{i}.png").write_bytes(png)
+    html_path = target / html_name
+    html_path.write_text(render_html(summary, figures, overlays), encoding="utf-8")
+    (target / "report.md").write_text(render_markdown(summary, plot_files), encoding="utf-8")
+    (target / "model_card.md").write_text(render_model_card(summary), encoding="utf-8")
+    return html_path
+
+
+def render_compare(a: str | Path, b: str | Path, out: str | Path | None = None) -> Path:
+    """Side-by-side of audit ``a`` (before) and ``b`` (after); returns the HTML path."""
+    from mbias.reports.compare import write_compare
+
+    return write_compare(Path(a), Path(b), Path(out) if out else None)
+
+
+__all__ = ["render_audit", "render_compare"]

@@ -83,20 +83,34 @@ class ScoringMixin:
                                          grid=grid)
         return self.score_inputs(prepared, ids, feats, answers=answers)
 
+    @torch.no_grad()
     def score_inputs(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None, *,
                      answers: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Scores for explicit prompt ids [V, P] and feature rows [V, N, D]; see ``score``."""
+        """Scores for explicit prompt ids [V, P] and feature rows [V, N, D]; see ``score``.
+
+        When every answer is a single token, one row per variant serves them all (the logits that predict the
+        first answer token do not depend on which answer follows); otherwise each (variant, answer) is a row.
+        """
         single = answers is None
         answers = [prepared.answer_ids] if single else answers
         n_var, n_ans = ids.shape[0], len(answers)
-        rows = [(v, c) for v in range(n_var) for c in range(n_ans)]
-        out = torch.empty(len(rows), dtype=torch.float32)
-        done = 0
-        bs = self.config.batch_size
+        if all(a.numel() == 1 for a in answers):
+            tokens = torch.cat(answers)
+            rows = [(v, 0) for v in range(n_var)]
+            out = self._chunked(rows, lambda chunk: self._first_token_scores(prepared, ids, feats, tokens, chunk))
+        else:
+            rows = [(v, c) for v in range(n_var) for c in range(n_ans)]
+            out = self._chunked(rows, lambda chunk: self._score_rows(prepared, ids, feats, answers, chunk))
+        out = out.view(n_var, n_ans)
+        return out[:, 0] if single else out
+
+    def _chunked(self, rows: list, fn) -> torch.Tensor:
+        """``fn`` over chunks of ``rows`` of the configured batch size, halving it on out-of-memory."""
+        parts, done, bs = [], 0, self.config.batch_size
         while done < len(rows):
             chunk = rows[done:done + bs]
             try:
-                out[done:done + len(chunk)] = self._score_rows(prepared, ids, feats, answers, chunk)
+                parts.append(fn(chunk))
             except torch.OutOfMemoryError:
                 if bs == 1:
                     raise MbiasError("out of memory scoring a single variant; use a smaller model, --dtype "
@@ -107,8 +121,13 @@ class ScoringMixin:
                     torch.cuda.empty_cache()
                 continue
             done += len(chunk)
-        out = out.view(n_var, n_ans)
-        return out[:, 0] if single else out
+        return torch.cat(parts)
+
+    def _first_token_scores(self, prepared, ids, feats, tokens, rows) -> torch.Tensor:
+        """[len(rows) * len(tokens)] log p(token) at the first answer position, for single-token answers."""
+        logits, _ = self._forward_rows(prepared, ids, feats, [tokens[:1]], rows)
+        logp = torch.log_softmax(logits[:, 0].float(), dim=-1)
+        return logp[:, tokens.to(logp.device)].cpu().reshape(-1)
 
     def _forward_rows(self, prepared, ids, feats, answers, rows, **forward_kwargs):
         """Logits [B, max_a + 1, vocab] at the positions that predict each row's continuation tokens.
@@ -184,6 +203,7 @@ class ScoringMixin:
         text = self.generate_inputs(prepared, ids[:1], None if feats is None else feats[:1])
         return Prediction(text, normalize_answer(text) == gold)
 
+    @torch.no_grad()
     def generate_inputs(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None,
                         max_new_tokens: int | None = None) -> str:
         dev = self.device

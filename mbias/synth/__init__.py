@@ -25,6 +25,7 @@ from mbias.errors import DataError
 from mbias.example import Example
 from mbias.synth.scenes import COLOURS, GRID, POSITIONS, SHAPES, Obj, draw_scene
 
+SYNTH_VERSION = 1  # bump when generation changes: zoo models trained on the old data are then rebuilt
 PRIORS = {"00": 0.0, "50": 0.5, "70": 0.7, "90": 0.9, "99": 0.99}
 SPLITS = {"train": 6000, "val": 400, "test-id": 500, "test-cp": 500, "test-balanced": 500}
 COLOUR_NAMES = tuple(COLOURS)

@@ -35,7 +35,10 @@ class ZooEntry:
     train: ZooTrainConfig = field(default_factory=ZooTrainConfig)
 
     def key(self) -> str:
-        blob = json.dumps({"data": self.data, "train": self.train.to_dict(), "zoo": ZOO_VERSION}, sort_keys=True)
+        from mbias.synth import SYNTH_VERSION
+
+        blob = json.dumps({"data": self.data, "train": self.train.to_dict(), "zoo": ZOO_VERSION,
+                           "synth": SYNTH_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -92,14 +95,6 @@ def _lock(path: Path):
 
 def build_zoo_model(name: str, *, force: bool = False, progress: bool = True) -> Path:
     """Train ``zoo:name`` from scratch and cache it; returns the model folder."""
-    import torch
-
-    from mbias.data import load_data
-    from mbias.models import load_adapter
-    from mbias.synth import load_synth
-    from mbias.tiny import build_llava
-    from mbias.zoo.train import choice_accuracy, train_tiny
-
     entry = zoo_entry(name)
     final = model_dir(entry)
     with _lock(final.parent / f".{entry.name}.lock"):
@@ -108,28 +103,44 @@ def build_zoo_model(name: str, *, force: bool = False, progress: bool = True) ->
         logger.info("building zoo:%s (a tiny LLaVA trained from scratch; about a minute on CPU)", name)
         tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        cfg = entry.train
-        t0 = time.perf_counter()
-        build_llava(tmp, hidden=cfg.hidden, text_layers=cfg.text_layers, vision_layers=cfg.vision_layers,
-                    image_size=cfg.image_size, patch_size=cfg.patch_size, vision_hidden=cfg.vision_hidden,
-                    seed=cfg.seed)
-        adapter = load_adapter(str(tmp), device="cpu", dtype="float32")
-        data = load_data(entry.data, max_samples=cfg.train_size).examples
-        with _deterministic(cfg.seed):
-            info = train_tiny(adapter, [data[i] for i in range(len(data))], cfg, progress=progress)
-        adapter.model.save_pretrained(tmp)
-        evaluation = load_synth(f"{entry.name}/{EVAL_SPLIT}")
-        acc = choice_accuracy(adapter, [evaluation[i] for i in range(EVAL_SIZE)])
-        record = {"name": entry.name, "key": entry.key(), "data": entry.data, "train_config": cfg.to_dict(),
-                  "zoo_version": ZOO_VERSION, "torch": torch.__version__, "build_seconds":
-                  round(time.perf_counter() - t0, 1), **info, "eval": {EVAL_SPLIT: acc}}
-        (tmp / "zoo.json").write_text(json.dumps(record, indent=2))
+        try:
+            record = _train_into(entry, tmp, progress)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-built model behind
+            raise
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
         logger.info("zoo:%s built in %.0f s, %s accuracy %.3f", name, record["build_seconds"], EVAL_SPLIT,
-                    acc["accuracy"])
+                    record["eval"][EVAL_SPLIT]["accuracy"])
         return final
+
+
+def _train_into(entry: ZooEntry, tmp: Path, progress: bool) -> dict:
+    import torch
+
+    from mbias.data import load_data
+    from mbias.models import load_adapter
+    from mbias.synth import load_synth
+    from mbias.tiny import build_llava
+    from mbias.zoo.train import choice_accuracy, train_tiny
+
+    cfg = entry.train
+    t0 = time.perf_counter()
+    build_llava(tmp, hidden=cfg.hidden, text_layers=cfg.text_layers, vision_layers=cfg.vision_layers,
+                image_size=cfg.image_size, patch_size=cfg.patch_size, vision_hidden=cfg.vision_hidden, seed=cfg.seed)
+    adapter = load_adapter(str(tmp), device="cpu", dtype="float32")
+    data = load_data(entry.data, max_samples=cfg.train_size).examples
+    with _deterministic(cfg.seed):
+        info = train_tiny(adapter, [data[i] for i in range(len(data))], cfg, progress=progress)
+    adapter.model.save_pretrained(tmp)
+    evaluation = load_synth(f"{entry.name}/{EVAL_SPLIT}")
+    acc = choice_accuracy(adapter, [evaluation[i] for i in range(min(EVAL_SIZE, len(evaluation)))])
+    record = {"name": entry.name, "key": entry.key(), "data": entry.data, "train_config": cfg.to_dict(),
+              "zoo_version": ZOO_VERSION, "torch": torch.__version__,
+              "build_seconds": round(time.perf_counter() - t0, 1), **info, "eval": {EVAL_SPLIT: acc}}
+    (tmp / "zoo.json").write_text(json.dumps(record, indent=2))
+    return record
 
 
 @contextlib.contextmanager

@@ -1,0 +1,46 @@
+"""``mbias audit``: flags and an optional YAML file -> AuditConfig -> run_audit -> one line with the verdict."""
+
+from __future__ import annotations
+
+from mbias.diagnose.config import AuditConfig
+from mbias.diagnose.runner import LoadOptions, run_audit
+
+from mbias.config import build_config, load_yaml, values_from_args
+from mbias.models.config import AdapterConfig
+
+
+def audit_config_from_args(args) -> AuditConfig:
+    file_values = load_yaml(args.config) if args.config else {}
+    adapter_values = dict(file_values.pop("adapter", {}) or {})
+    adapter_values.update(values_from_args(args, AdapterConfig))
+    cli = {"adapter": build_config(AdapterConfig, adapter_values, where=args.config or "flags")}
+    if args.probes:
+        cli["probes"] = args.probes
+    if args.max_samples is not None:
+        cli["max_samples"] = args.max_samples
+    if args.seed is not None:
+        cli["seed"] = args.seed
+    return build_config(AuditConfig, file_values, cli, where=args.config or "flags")
+
+
+def run_audit_command(args) -> int:
+    config = audit_config_from_args(args)
+    load = LoadOptions(adapter=args.adapter, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
+                       load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code,
+                       revision=args.revision)
+    summary = run_audit(args.model, args.data, args.out, config=config, load=load, overwrite=args.overwrite,
+                        on_error=args.on_error, progress=not args.no_progress, report=not args.no_report)
+    if summary is None:  # a non-main process under accelerate
+        return 0
+    print(verdict_line(summary, f"{args.out}/summary.json" if args.no_report else f"{args.out}/report.html"))
+    return 0
+
+
+def verdict_line(summary: dict, where: str) -> str:
+    v = summary["verdict"]
+    if v["dominant_modality"] is None:
+        return f"audit of {summary['n_samples']} samples written to {where} (no verdict: {v.get('note')})"
+    lo, hi = v["ci95"]
+    label = "balanced" if v["dominant_modality"] == "balanced" else f"{v['dominant_modality']}-dominant"
+    return (f"{label}: language share {v['language_share']:.2f} [{lo:.2f}, {hi:.2f}] "
+            f"({v['rests_on']}, {summary['n_samples']} samples, accuracy {summary['accuracy']:.2f}) -> {where}")

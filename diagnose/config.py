@@ -1,0 +1,72 @@
+"""The audit's configuration: which probes, how many samples, masking choices, per-probe settings, verdict rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from mbias.config import build_config
+from mbias.errors import ConfigError
+from mbias.models.config import AdapterConfig
+
+
+def _default_probes() -> list[str]:
+    from mbias.probes import DEFAULT_PROBES
+
+    return list(DEFAULT_PROBES)
+
+
+@dataclass
+class AuditConfig:
+    probes: list[str] = field(default_factory=_default_probes,
+                              metadata={"help": "probes to run, in order"})
+    max_samples: int | None = field(default=None, metadata={"help": "audit at most this many samples (a stopping "
+                                                                    "point: raising it later resumes the run)"})
+    seed: int = field(default=0, metadata={"help": "run seed; each sample's seed derives from it and the sample id"})
+    verdict_margin: float = field(default=0.05, metadata={
+        "help": "a modality dominates when its share's 95% interval lies above 0.5 + margin"})
+    report_examples: int = field(default=4, metadata={"help": "examples with attribution overlays in the report"})
+    adapter: AdapterConfig = field(default_factory=AdapterConfig, metadata={"help": "masking and scoring"})
+    probe_config: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
+        "help": "per-probe settings, e.g. {mm_shap: {n_permutations: 10}}"})
+
+    def __post_init__(self):
+        if isinstance(self.adapter, dict):
+            self.adapter = build_config(AdapterConfig, self.adapter, where="adapter")
+        if isinstance(self.probes, str):
+            self.probes = [p.strip() for p in self.probes.split(",") if p.strip()]
+        if not self.probes:
+            raise ConfigError("no probes selected")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1; got {self.max_samples}")
+        if not 0 <= self.verdict_margin < 0.5:
+            raise ConfigError(f"verdict_margin must be in [0, 0.5); got {self.verdict_margin}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, model: str, adapter_path: str | None, data: str) -> str:
+        """What the per-sample results depend on. ``max_samples`` is left out: it only says where to stop."""
+        d = self.to_dict()
+        d.pop("max_samples")
+        d.pop("report_examples")
+        blob = json.dumps({"config": d, "model": model, "adapter": adapter_path, "data": data}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_probes(config: AuditConfig) -> dict:
+    """Probe instances by name; unknown names and bad settings raise ConfigError before anything runs."""
+    from mbias.probes import PROBES
+
+    unknown = set(config.probe_config) - set(PROBES.names())
+    if unknown:
+        PROBES.get(sorted(unknown)[0])  # raises with "did you mean"
+    probes = {}
+    for name in config.probes:
+        cls = PROBES.get(name)
+        cfg = build_config(cls.config_class, config.probe_config.get(name, {}), where=f"probe_config.{name}")
+        probes[name] = cls(cfg)
+    return probes

@@ -1,0 +1,208 @@
+"""Run an audit: probes x dataset for one model -> manifest.json, results.jsonl, summary.json (+ reports).
+
+Resumable: re-running the same command on the same folder skips samples already in ``results.jsonl`` and, since
+every sample's randomness derives from the run seed and its id, ends with the same numbers as an uninterrupted
+run. Under ``accelerate launch`` each process audits a disjoint shard (sample index modulo world size) into its
+own file; the main process merges them and writes the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbias.diagnose import store
+from mbias.diagnose.aggregate import summarize
+from mbias.diagnose.config import AuditConfig, build_probes
+from mbias.probes.base import KEEP, SampleContext
+
+from mbias.errors import ConfigError, DataError
+from mbias.provenance import provenance
+
+logger = logging.getLogger(__name__)
+
+OUR_FILES = ("manifest.json", "results.jsonl", "summary.json", "report.html", "report.md", "model_card.md")
+
+
+@dataclass
+class LoadOptions:
+    adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+def _distributed():
+    """(rank, world size, state): accelerate's PartialState only when launched with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import PartialState
+
+        # on CPU-only machines accelerate needs cpu=True to start a gloo process group
+        state = PartialState(cpu=not torch.cuda.is_available())
+        return state.process_index, state.num_processes, state
+    return 0, 1, None
+
+
+def _prepare_folder(out: Path, fingerprint: str, overwrite: bool) -> None:
+    manifest = out / store.MANIFEST
+    if manifest.exists():
+        import json
+
+        try:
+            old = json.loads(manifest.read_text())
+        except ValueError:
+            old = {}
+        if old.get("fingerprint") != fingerprint:
+            if not overwrite:
+                raise ConfigError(f"{out} holds an audit with a different model, data or config; use another "
+                                  "--out, or pass --overwrite to replace it")
+            for name in OUR_FILES:
+                (out / name).unlink(missing_ok=True)
+            for shard in out.glob("results.rank*-of-*.jsonl"):
+                shard.unlink()
+            shutil.rmtree(out / "plots", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _swap_partner(examples, i: int):
+    """The next example (cyclically) whose image differs: a deterministic "another sample's image"."""
+    n = len(examples)
+    key = examples[i].image_key
+    for step in range(1, n):
+        other = examples[(i + step) % n]
+        if other.image_key != key:
+            return other
+    return None
+
+
+def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | None = None,
+              load: LoadOptions | None = None, overwrite: bool = False, on_error: str = "stop",
+              progress: bool = True, report: bool = True) -> dict | None:
+    """Audit ``model`` on ``data`` into ``out``; returns the summary (None on non-main processes)."""
+    from mbias.data import load_data
+    from mbias.models import load_adapter
+
+    config = config or AuditConfig()
+    load = load or LoadOptions()
+    out = Path(out)
+    # everything a user can get wrong is checked before the first byte is written
+    loaded = load_data(data, on_error=on_error, max_samples=config.max_samples)
+    examples = loaded.examples
+    probes = build_probes(config)
+    fingerprint = config.fingerprint(model, load.adapter, data)
+    rank, world, state = _distributed()
+    adapter = load_adapter(model, adapter=load.adapter, device=str(state.device) if state else load.device,
+                           dtype=load.dtype, load_in_4bit=load.load_in_4bit, load_in_8bit=load.load_in_8bit,
+                           trust_remote_code=load.trust_remote_code, revision=load.revision, config=config.adapter)
+    if rank == 0:
+        _prepare_folder(out, fingerprint, overwrite)
+        manifest = {
+            "fingerprint": fingerprint, "model": model, "adapter": load.adapter, "data": data,
+            "n_examples": len(examples), "skipped_records": loaded.skipped, "config": config.to_dict(),
+            "load": vars(load), "family": adapter.family,
+            "methods": {name: {"definition": p.definition, **p.describe(adapter)} for name, p in probes.items()},
+            "provenance": provenance(model_revision=getattr(adapter.model.config, "_commit_hash", None),
+                                     device=str(adapter.device), world_size=world),
+        }
+        store.write_json_atomic(out / store.MANIFEST, manifest)
+    if state:
+        state.wait_for_everyone()
+
+    done = {r["id"] for r in store.all_records(out, repair=rank == 0)}
+    if state:
+        state.wait_for_everyone()
+    todo = [i for i in range(len(examples)) if i % world == rank and examples[i].id not in done]
+    if done and rank == 0:
+        logger.info("resuming: %d of %d samples already done", len(done), len(examples))
+    _audit_samples(adapter, examples, todo, probes, config, store.shard_path(out, rank, world), on_error, progress)
+
+    if state:
+        state.wait_for_everyone()
+    if rank != 0:
+        return None
+    records = store.merge_shards(out)
+    manifest = store_json(out / store.MANIFEST)
+    summary = summarize(records, probes, manifest, config.verdict_margin)
+    summary["examples"] = _report_examples(records, examples, config.report_examples)
+    store.write_json_atomic(out / store.SUMMARY, summary)
+    if report:
+        from mbias.reports import render_audit
+
+        render_audit(out)
+    return summary
+
+
+def store_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _audit_samples(adapter, examples, todo, probes, config, path, on_error, progress) -> None:
+    from tqdm.auto import tqdm
+
+    writer = store.RecordWriter(path)
+    skipped = 0
+    try:
+        for i in tqdm(todo, desc="auditing", unit="sample", disable=not progress):
+            ex = examples[i]
+            try:
+                prepared = adapter.prepare(ex)
+            except DataError as exc:
+                if on_error == "stop":
+                    raise DataError(f"{exc}; the samples before it are saved, rerun the same command to "
+                                    "resume after fixing it") from None
+                skipped += 1
+                logger.warning("skipping %s: %s", ex.id, exc)
+                continue
+            partner = _swap_partner(examples, i)
+            ctx = SampleContext(adapter, prepared, run_seed=config.seed,
+                                swap_image=partner.load_image() if partner is not None else None)
+            t0 = time.perf_counter()
+            full = ctx.outcome(KEEP, KEEP)
+            record = {"id": ex.id, "index": i, "image_key": ex.image_key, "category": ex.category,
+                      "question": ex.question, "answer": ex.answer, "prediction": full.prediction,
+                      "correct": float(full.correct), "probes": {}}
+            for name, probe in probes.items():
+                record["probes"][name] = probe.run(ctx)
+            logger.debug("%s audited in %.2f s", ex.id, time.perf_counter() - t0)
+            writer.write(record)
+    finally:
+        writer.close()
+    if skipped:
+        logger.warning("skipped %d samples whose image could not be read", skipped)
+
+
+def _report_examples(records: list[dict], examples, n: int) -> list[dict]:
+    """A few samples with token and patch attributions and a small thumbnail, so reports need only JSON."""
+    import base64
+    import io
+
+    chosen = [r for r in records if "mm_shap" in r["probes"]][:n]
+    by_id = {ex.id: ex for ex in (examples[r["index"]] for r in chosen)}
+    out = []
+    for r in chosen:
+        mm = r["probes"]["mm_shap"]
+        img = by_id[r["id"]].load_image()
+        img.thumbnail((160, 160))
+        if max(img.size) < 96:  # tiny synthetic images: enlarge with hard edges so cells stay visible
+            scale = max(1, 128 // max(img.size))
+            img = img.resize((img.width * scale, img.height * scale), 0)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        out.append({
+            "id": r["id"], "question": r["question"], "answer": r["answer"], "prediction": r["prediction"],
+            "correct": r["correct"], "category": r.get("category"), "tokens": mm["players"][: mm["n_text"]],
+            "token_phi": mm["phi"][: mm["n_text"]], "grid": mm["grid"], "cells": mm["cells"],
+            "patch_phi": mm["phi"][mm["n_text"]:], "t_shap": mm["t_shap"], "view_box": mm.get("view_box"),
+            "image_png": base64.b64encode(buf.getvalue()).decode("ascii"),
+        })
+    return out

@@ -1,0 +1,141 @@
+"""The report's content as plain data: headline numbers, probe sections, tables. HTML and Markdown both render it.
+
+Everything here reads summary.json (and results.jsonl for per-sample distributions) only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROBE_TITLES = {
+    "modality_shapley": "Modality Shapley (image vs question)",
+    "mm_shap": "MM-SHAP (question tokens vs image patches)",
+    "ablation": "Ablations (counterfactual inputs)",
+    "attention": "Attention to image tokens",
+    "degradation": "Missing-modality curves",
+    "pdm": "Image dependence during generation (PDM)",
+}
+
+
+def fmt(stat, digits: int = 2) -> str:
+    """``0.72 [0.68, 0.76]`` from a {mean, ci95} dict, a bare number, or None."""
+    if stat is None:
+        return "n/a"
+    if isinstance(stat, dict):
+        if stat.get("mean") is None:
+            return "n/a"
+        lo, hi = stat.get("ci95") or (None, None)
+        if lo is None:
+            return f"{stat['mean']:.{digits}f}"
+        return f"{stat['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{stat:.{digits}f}"
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    definition: str
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (label, formatted value)
+    plot: str | None = None  # name of a plot in plots/
+    note: str = ""
+
+
+def verdict_sentence(summary: dict) -> str:
+    v = summary["verdict"]
+    if v.get("dominant_modality") is None:
+        return f"No verdict: {v.get('note', 'no share probe was run')}."
+    word = {"language": "relies mostly on the question text", "vision": "relies mostly on the image",
+            "balanced": "uses image and text in balance (no side's interval clears the margin)"}[v["dominant_modality"]]
+    return (f"The model {word}: language share {fmt({'mean': v['language_share'], 'ci95': v['ci95']})} "
+            f"(95% interval, {v['rests_on']}).")
+
+
+def sections(summary: dict) -> list[Section]:
+    p = summary["probes"]
+    methods = summary.get("methods", {})
+    out = []
+
+    def definition(name):
+        return methods.get(name, {}).get("definition", "")
+
+    if "modality_shapley" in p:
+        ms = p["modality_shapley"]
+        rows = [("language share", fmt(ms["language_share"])), ("vision share", fmt(ms["vision_share"])),
+                ("phi image (mean)", fmt(ms["phi_image"])), ("phi text (mean)", fmt(ms["phi_text"]))]
+        for value, label in (("logprob", "raw log-prob"), ("acc", "accuracy")):
+            if f"language_share_{value}" in ms:
+                rows.append((f"language share, {label}-valued", fmt(ms[f"language_share_{value}"])))
+        out.append(Section("modality_shapley", PROBE_TITLES["modality_shapley"], definition("modality_shapley"),
+                           rows, "share_distribution", note="value function: " + ", ".join(ms["value_function"])))
+    if "mm_shap" in p:
+        mm = p["mm_shap"]
+        out.append(Section("mm_shap", PROBE_TITLES["mm_shap"], definition("mm_shap"), [
+            ("T-SHAP (text share)", fmt(mm["t_shap"])), ("V-SHAP (image share)", fmt(mm["v_shap"])),
+            ("T-SHAP, per player", fmt(mm["t_shap_per_player"])),
+            ("coalitions scored per sample", f"{mm['mean_evaluations']:.0f}"),
+            ("largest efficiency gap", f"{mm['max_abs_efficiency_gap']:.1e}")],
+            note="T-SHAP depends on how many players each side has; the per-player share corrects for it."))
+    if "ablation" in p:
+        ab = p["ablation"]
+        rows = [(f"accuracy, {k.replace('_', ' ')}", fmt({"mean": ab["accuracy"][k], "ci95": ab["accuracy_ci95"][k]}))
+                for k in ab["accuracy"]]
+        if "multimodal_gain" in ab:
+            rows.append(("multimodal gain (full - no image)",
+                         fmt({"mean": ab["multimodal_gain"], "ci95": ab["multimodal_gain_ci95"]})))
+            rows.append(("visual information gain (nats)", fmt(ab["visual_info_gain"])))
+        if "flip_rate" in ab:
+            rows.append(("answers that change with a swapped image", fmt(ab["flip_rate"])))
+        out.append(Section("ablation", PROBE_TITLES["ablation"], definition("ablation"), rows, "ablation"))
+    if "attention" in p:
+        at = p["attention"]
+        out.append(Section("attention", PROBE_TITLES["attention"], definition("attention"), [
+            ("attention on image tokens", fmt(at["image_attention_share"])),
+            ("relative to their share of tokens (1 = proportional)", fmt(at["image_attention_share_normalised"])),
+            ("attention on question tokens", fmt(at["question_attention_share"])),
+            ("image tokens' share of the sequence", fmt(at["image_token_fraction"]))], "attention_layers",
+            note="Attention is correlational, not causal: it says where the model looks, not what it uses."))
+    if "degradation" in p:
+        dg = p["degradation"]
+        rows = [(f"AUC, {m} missing", fmt({"mean": dg[m]["auc"], "ci95": dg[m]["auc_ci95"]})) for m in dg]
+        out.append(Section("degradation", PROBE_TITLES["degradation"], definition("degradation"), rows,
+                           "degradation", note="A flat image curve means the model never used the image."))
+    if "pdm" in p:
+        pd = p["pdm"]
+        out.append(Section("pdm", PROBE_TITLES["pdm"], definition("pdm"), [
+            ("Hellinger distance, first generated token", fmt(pd["first_step_hellinger"])),
+            ("Hellinger distance, all generated tokens", fmt(pd["mean_hellinger"])),
+            ("log-prob the image adds to each chosen token", fmt(pd["mean_logprob_gain"]))], "pdm_steps"))
+    return out
+
+
+def category_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    cats = summary.get("per_category") or {}
+    cols = ["category", "n", "accuracy"]
+    if any("language_share" in v for v in cats.values()):
+        cols.append("language share")
+    if any("t_shap" in v for v in cats.values()):
+        cols.append("T-SHAP")
+    if any("multimodal_gain" in v for v in cats.values()):
+        cols.append("multimodal gain")
+    keys = {"language share": "language_share", "T-SHAP": "t_shap", "multimodal gain": "multimodal_gain"}
+    rows = []
+    for cat, v in cats.items():
+        row = [str(cat), str(v["n"]), fmt(v["accuracy"])]
+        row += [fmt(v.get(keys[c])) for c in cols[3:]]
+        rows.append(row)
+    return cols, rows
+
+
+def method_rows(summary: dict) -> list[tuple[str, dict]]:
+    return [(PROBE_TITLES.get(k, k), v) for k, v in (summary.get("methods") or {}).items()]
+
+
+def provenance_rows(summary: dict) -> list[tuple[str, str]]:
+    prov = summary.get("provenance") or {}
+    rows = [("model", str(summary.get("model"))), ("data", str(summary.get("data"))),
+            ("mbias", f"{prov.get('mbias_version')} (commit {prov.get('git_commit') or 'n/a'})"),
+            ("model revision", str(prov.get("model_revision"))), ("device", str(prov.get("device"))),
+            ("date", str(prov.get("date"))), ("seed", str((summary.get("config") or {}).get("seed")))]
+    rows += [(k, str(v)) for k, v in (prov.get("versions") or {}).items() if v]
+    return rows
