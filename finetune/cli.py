@@ -1,0 +1,30 @@
+"""``mbias finetune``: flags and an optional YAML file -> FinetuneConfig -> run_finetune."""
+
+from __future__ import annotations
+
+from mbias.finetune.config import FinetuneConfig
+
+from mbias.config import build_config, load_yaml
+
+
+def finetune_config_from_args(args) -> FinetuneConfig:
+    values = load_yaml(args.config) if args.config else {}
+    flags = {"recipe": args.recipe, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
+             "lora_r": args.lora_r, "batch_size": args.batch_size, "eval_data": args.eval_data, "seed": args.seed}
+    cli = {k: v for k, v in flags.items() if v is not None}
+    return build_config(FinetuneConfig, values, cli, where=args.config or "flags")
+
+
+def run_finetune_command(args) -> int:
+    from mbias.diagnose.runner import LoadOptions
+    from mbias.finetune.run import run_finetune
+
+    config = finetune_config_from_args(args)
+    load = LoadOptions(adapter=args.adapter, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
+                       load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code,
+                       revision=args.revision)
+    out = run_finetune(args.model, args.data, args.out, config=config, load=load, on_error=args.on_error,
+                       progress=not args.no_progress, resume=args.resume)
+    print(f"wrote a {config.recipe} LoRA adapter to {out}; audit it with: mbias audit --model {args.model} "
+          f"--adapter {out} --data DATA --out DIR")
+    return 0

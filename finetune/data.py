@@ -1,0 +1,133 @@
+"""Training data for the recipes: lazily encoded examples and a collator that builds what a recipe asks for.
+
+Besides the model inputs (labels on the answer tokens only) a batch may carry, under ``mb_`` keys that the model
+never sees:
+- the unimodal variants (P1 in docs/recipes.md): question tokens replaced by the text baseline
+  (``mb_text_masked_ids``) and the whole-image baseline's vision inputs (``mb_blank__<key>``), same sequence
+  length, so one layout serves the full, image-only and text-only passes;
+- a label space for recipes that need class distributions: the first token of each choice
+  (``mb_choice_tokens``, padded, ``mb_choice_valid``) and the gold choice (``mb_gold``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mbias.errors import DataError
+from mbias.models.batching import collate
+from mbias.models.types import normalize_answer
+
+MB = "mb_"
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Examples encoded for one adapter on first access (and cached: epochs after the first are free)."""
+
+    def __init__(self, adapter, examples):
+        self.adapter, self.examples = adapter, examples
+        self._cache: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        if i not in self._cache:
+            self._cache[i] = self.adapter.encode(self.examples[i])
+        return self._cache[i]
+
+
+def check_label_space(examples, recipe_name: str, limit: int = 200) -> None:
+    """Recipes over class distributions need choices whose first tokens differ; refuse anything else."""
+    for i in range(min(limit, len(examples))):
+        ex = examples[i]
+        if not ex.choices:
+            raise DataError(f"recipe {recipe_name!r} needs multiple-choice data (a 'choices' list per record); "
+                            f"example {ex.id!r} is open-ended. Use lora, msam or miles for open-ended answers")
+        if normalize_answer(ex.answer) not in {normalize_answer(c) for c in ex.choices}:
+            raise DataError(f"example {ex.id!r}: the answer is not among its choices")
+
+
+class RecipeCollator:
+    def __init__(self, adapter, *, unimodal: bool = False, label_space: bool = False, image_baseline: str = "blank"):
+        self.adapter, self.unimodal, self.label_space = adapter, unimodal, label_space
+        self.image_baseline = image_baseline
+
+    def __call__(self, encoded: list) -> dict:
+        batch = collate(self.adapter, encoded)
+        out = dict(batch.model_inputs)
+        out[MB + "answer_mask"] = batch.answer_mask
+        out[MB + "question_mask"] = batch.question_mask
+        if self.unimodal:
+            masked = collate(self.adapter, encoded, mask_question=True)
+            out[MB + "text_masked_ids"] = masked.model_inputs["input_ids"]
+            if encoded[0].has_image:
+                blank = collate(self.adapter, encoded, image=self.image_baseline)
+                for key in batch.model_inputs:
+                    if key.startswith("pixel") or key in ("image_grid_thw", "image_sizes"):
+                        out[f"{MB}blank__{key}"] = blank.model_inputs[key]
+        if self.label_space:
+            out.update(self._label_space(encoded))
+        return out
+
+    def _label_space(self, encoded: list) -> dict:
+        firsts, golds = [], []
+        for e in encoded:
+            ids = [int(c[0]) for c in e.choice_ids]
+            if len(set(ids)) != len(ids):
+                raise DataError(f"example {e.example.id!r}: two choices start with the same token, so the first "
+                                "answer token cannot tell them apart; this recipe needs distinct first tokens")
+            firsts.append(ids)
+            gold = normalize_answer(e.example.answer)
+            golds.append([normalize_answer(c) for c in e.example.choices].index(gold))
+        width = max(len(f) for f in firsts)
+        tokens = torch.zeros(len(encoded), width, dtype=torch.long)
+        valid = torch.zeros(len(encoded), width, dtype=torch.bool)
+        for b, f in enumerate(firsts):
+            tokens[b, :len(f)] = torch.tensor(f)
+            valid[b, :len(f)] = True
+        return {MB + "choice_tokens": tokens, MB + "choice_valid": valid, MB + "gold": torch.tensor(golds)}
+
+
+def model_inputs(inputs: dict, variant: str = "full") -> dict:
+    """The model's keyword arguments for a variant: ``full``, ``image_only`` (question masked), ``text_only``
+    (image replaced by the baseline) or ``none`` (both)."""
+    out = {k: v for k, v in inputs.items() if not k.startswith(MB) and k != "labels"}
+    if variant in ("image_only", "none"):
+        out["input_ids"] = inputs[MB + "text_masked_ids"]
+    if variant in ("text_only", "none"):
+        for key in list(out):
+            if f"{MB}blank__{key}" in inputs:
+                out[key] = inputs[f"{MB}blank__{key}"]
+    return out
+
+
+def answer_forward(model, inputs: dict, variant: str = "full", **forward_kwargs):
+    """(summed answer log-prob [B], answer token counts [B], logits at the first answer position [B, vocab]);
+    with ``output_hidden_states=True`` a fourth item, the model output.
+
+    Logits are computed only where answer tokens are predicted (``logits_to_keep`` as a mask).
+    """
+    answer_mask = inputs[MB + "answer_mask"]
+    predicts = torch.zeros_like(answer_mask)
+    predicts[:, :-1] = answer_mask[:, 1:]
+    out = model(**model_inputs(inputs, variant), use_cache=False, logits_to_keep=predicts, **forward_kwargs)
+    logits = out.logits  # [T, V]
+    targets = inputs["input_ids"][answer_mask]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    rows = answer_mask.nonzero()[:, 0]
+    B = answer_mask.shape[0]
+    sums = torch.zeros(B, dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
+    counts = answer_mask.sum(-1)
+    first = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
+    first[1:] = rows[1:] != rows[:-1]
+    if forward_kwargs.get("output_hidden_states"):
+        return sums, counts, logits[first], out
+    return sums, counts, logits[first]
+
+
+def choice_logits(first_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """[B, C] logits of each choice's first token (invalid padding slots at -inf)."""
+    tokens, valid = inputs[MB + "choice_tokens"], inputs[MB + "choice_valid"]
+    z = first_logits.float().gather(-1, tokens)
+    return z.masked_fill(~valid, float("-inf"))

@@ -1,0 +1,140 @@
+"""cggm: Classifier-Guided Gradient Modulation (Guo et al., NeurIPS 2024), on a decoder MLLM.
+
+Two small classifier heads read *detached* hidden states of one LLM layer, mean-pooled over the image tokens and
+over the question tokens, and are trained alongside with their own optimizer. A head's class logits are its
+output vector dotted with the (frozen) output embeddings of the example's choices, so heads work with any label
+space. Per step: Delta_m = batch accuracy of head m now minus at the previous step; S = sum Delta;
+B_m = (S - Delta_m) / S; the gradients of modality group m (vision = vision-side LoRA, language = LLM LoRA) are
+scaled by rho * B_m; a direction term L_gm = (sum |B_m| - sum B_m cos(u_m, u_fused)) / M with weight lambda pulls
+the fused representation (the final hidden state that predicts the answer) towards each head's output u_m.
+
+Guards (the released code has none): B_m is clamped to [0, b_max] and left at 1 while |S| < s_min, so the sign
+never flips and nothing explodes when accuracies stall. Released code vs paper: the code's "gradient" cosine is
+between output-layer weights; here it is between representations, the nearest analogue in an LLM whose output
+layer is frozen. Released defaults: rho 1.3, lambda 0.05-0.2, gradient clip 0.8. Heads are not saved with the
+adapter (they are not part of the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from mbias.finetune.data import answer_forward
+from mbias.finetune.recipes.base import RECIPES, Recipe
+
+from mbias.errors import ConfigError
+
+
+@dataclass
+class CGGMConfig:
+    mode: str = field(default="update", metadata={"help": "update: scale the group's learning rate for the step "
+                                                          "(survives Adam); gradient: scale the gradient (as the "
+                                                          "paper, with SGD)"})
+    rho: float = field(default=1.3, metadata={"help": "gradient scale multiplier"})
+    lam: float = field(default=0.1, metadata={"help": "weight of the direction term"})
+    clip: float = field(default=0.8, metadata={"help": "gradient clipping norm (replaces max_grad_norm)"})
+    layer: int = field(default=-1, metadata={"help": "hidden-state index the heads read (-1: last layer)"})
+    head_lr: float = field(default=5e-4, metadata={"help": "learning rate of the classifier heads"})
+    b_max: float = field(default=3.0, metadata={"help": "B_m is clamped to [0, b_max]"})
+    s_min: float = field(default=1e-3, metadata={"help": "no modulation while |S| is below this"})
+
+    def __post_init__(self):
+        if self.rho <= 0 or self.b_max <= 0 or self.clip <= 0:
+            raise ConfigError("rho, b_max and clip must be positive")
+
+
+def modulation_coefficients(delta: dict[str, float], s_min: float, b_max: float) -> dict[str, float]:
+    """B_m = (S - Delta_m) / S, guarded: all 1 when |S| < s_min, else clamped to [0, b_max]."""
+    s = sum(delta.values())
+    if abs(s) < s_min:
+        return dict.fromkeys(delta, 1.0)
+    return {m: min(max((s - d) / s, 0.0), b_max) for m, d in delta.items()}
+
+
+class _Head(torch.nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(h.dtype).unsqueeze(-1)
+    return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@RECIPES.register("cggm")
+class CGGMRecipe(Recipe):
+    config_class = CGGMConfig
+    needs_label_space = True
+    description = "Gradient magnitudes steered by how fast per-modality classifier heads improve, plus a " \
+                  "direction term."
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.heads = None
+        self.head_opt = None
+        self.prev_acc = {"vision": 0.0, "language": 0.0}
+
+    def setup(self, trainer):
+        super().setup(trainer)
+        trainer.args.max_grad_norm = self.config.clip
+        model = trainer.model
+        dim = model.get_output_embeddings().weight.shape[1]
+        dev = next(model.parameters()).device
+        torch.manual_seed(trainer.args.seed)
+        self.heads = torch.nn.ModuleDict({"vision": _Head(dim), "language": _Head(dim)}).to(dev)
+        self.head_opt = torch.optim.AdamW(self.heads.parameters(), lr=self.config.head_lr, weight_decay=3e-3)
+
+    def training_step(self, model, inputs):
+        cfg = self.config
+        sums, counts, first, out = answer_forward(model, inputs, "full", output_hidden_states=True)
+        sft = -sums.sum() / counts.sum().clamp(min=1)
+        hidden = out.hidden_states[cfg.layer].detach().float()
+        image_mask = inputs["input_ids"] == self.trainer.mbias_adapter.image_token_id
+        pooled = {"vision": _pool(hidden, image_mask), "language": _pool(hidden, inputs["mb_question_mask"])}
+        emb = model.get_output_embeddings().weight.detach().float()[inputs["mb_choice_tokens"]]  # [B, C, D]
+        gold, valid = inputs["mb_gold"], inputs["mb_choice_valid"]
+        head_loss, acc, u = 0.0, {}, {}
+        for m, head in self.heads.items():
+            u[m] = head(pooled[m])
+            z = torch.einsum("bd,bcd->bc", u[m], emb).masked_fill(~valid, float("-inf"))
+            head_loss = head_loss + F.cross_entropy(z, gold)
+            acc[m] = float((z.argmax(-1) == gold).float().mean())
+        self.head_opt.zero_grad(set_to_none=True)
+        head_loss.backward()
+        self.head_opt.step()
+
+        delta = {m: acc[m] - self.prev_acc[m] for m in acc}
+        self.prev_acc = acc
+        coef = modulation_coefficients(delta, cfg.s_min, cfg.b_max)
+        # direction term: the fused representation that predicts the answer, against each head's output
+        fused = _first_answer_state(out, inputs)
+        cos = {m: F.cosine_similarity(fused, u[m].detach().to(fused.dtype), dim=-1).mean() for m in u}
+        l_gm = (sum(abs(b) for b in coef.values()) - sum(coef[m] * cos[m] for m in cos)) / len(cos)
+        loss = sft + cfg.lam * l_gm
+        self.modulated_backward(loss, {m: cfg.rho * coef[m] for m in coef}, mode=cfg.mode)
+        loss = loss.detach()
+        return loss, {"loss/sft": sft.item(), "loss/direction": float(l_gm), "cggm/acc_image_head": acc["vision"],
+                      "cggm/acc_text_head": acc["language"], "cggm/B_image": coef["vision"],
+                      "cggm/B_text": coef["language"]}
+
+    def state_dict(self):
+        return {"heads": self.heads.state_dict(), "head_opt": self.head_opt.state_dict(), "prev_acc": self.prev_acc}
+
+    def load_state_dict(self, state):
+        self.heads.load_state_dict(state["heads"])
+        self.head_opt.load_state_dict(state["head_opt"])
+        self.prev_acc = state["prev_acc"]
+
+
+def _first_answer_state(out, inputs) -> torch.Tensor:
+    """Final hidden state at the position predicting each example's first answer token [B, D]."""
+    last = out.hidden_states[-1]
+    answer_mask = inputs["mb_answer_mask"]
+    first_answer = answer_mask.float().argmax(1)
+    return last[torch.arange(last.shape[0], device=last.device), first_answer - 1].float()

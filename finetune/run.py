@@ -1,0 +1,144 @@
+"""``run_finetune``: data + model + recipe -> LoRA (PEFT) adapter, training_log.jsonl, recipe.json.
+
+The output folder is a standard PEFT adapter (``PeftModel.from_pretrained(base, DIR)`` loads it), audited with
+``mbias audit --model M --adapter DIR``. Intermediate checkpoints go to ``DIR/checkpoints``; ``resume=True``
+continues from the newest one (recipe state included), along the same trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from mbias.finetune.config import FinetuneConfig
+
+from mbias.config import build_config
+from mbias.errors import ConfigError
+from mbias.provenance import provenance
+
+logger = logging.getLogger(__name__)
+
+
+def _lora_model(adapter, config: FinetuneConfig, quantized: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    targets = []
+    for side in config.lora_targets:
+        targets += [n for n in adapter.module_names(side) if not n.endswith("lm_head")]
+    if not targets:
+        raise ConfigError(f"no linear layers found for lora_targets={config.lora_targets} in {adapter.model_id}")
+    model = adapter.model
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    torch.manual_seed(config.seed)
+    # exact module names: a bare suffix such as "q_proj" would also catch the vision tower's attention
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none")
+    return get_peft_model(model, lora)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """On resume, drop log lines of steps after the checkpoint: they will be logged again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConfig | None = None, load=None,
+                 on_error: str = "stop", progress: bool = True, resume: bool = False) -> Path:
+    """Fine-tune ``model`` on ``data`` with ``config.recipe``; returns the adapter folder."""
+    config = config or FinetuneConfig()
+    trainer, resume_from = build_trainer(model, data, out, config=config, load=load, on_error=on_error,
+                                         progress=progress, resume=resume)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - t0
+    out = Path(out)
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(out)
+        steps = trainer.args.max_steps
+        record = {"recipe": config.recipe, "recipe_config": vars(trainer.recipe.config), "finetune": config.to_dict(),
+                  "model": model, "data": data, "eval_data": trainer.mbias_eval_ref, "steps": steps,
+                  "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, steps), 4),
+                  "provenance": provenance(device=str(trainer.mbias_adapter.device))}
+        (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
+    return out
+
+
+def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneConfig, load=None,
+                  on_error: str = "stop", progress: bool = True, resume: bool = False):
+    """Everything up to ``trainer.train()``: returns (trainer, the checkpoint to resume from or None)."""
+    from mbias.diagnose.runner import LoadOptions
+    from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
+    from mbias.finetune.recipes import RECIPES
+    from mbias.finetune.trainer import BalancedTrainer
+    from transformers import TrainingArguments
+
+    from mbias.data import load_data
+    from mbias.models import AdapterConfig, load_adapter
+
+    load = load or LoadOptions()
+    out = Path(out)
+    recipe_cls = RECIPES.get(config.recipe)
+    recipe = recipe_cls(build_config(recipe_cls.config_class, config.recipe_config, where="recipe_config"))
+    examples = load_data(data, on_error=on_error, max_samples=config.max_train_samples).examples
+    if recipe.needs_label_space:
+        check_label_space(examples, config.recipe)
+    eval_examples = None
+    eval_ref = config.eval_data or (data.rsplit("/", 1)[0] + "/val" if data.startswith("synth:") else None)
+    if eval_ref:
+        eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples).examples
+    adapter = load_adapter(model, adapter=None, device=load.device, dtype=load.dtype,
+                           load_in_4bit=load.load_in_4bit, load_in_8bit=load.load_in_8bit,
+                           trust_remote_code=load.trust_remote_code, revision=load.revision,
+                           config=AdapterConfig(batch_size=64))
+    if load.adapter:
+        from peft import PeftModel
+
+        peft_model = PeftModel.from_pretrained(adapter.model, load.adapter, is_trainable=True)
+    else:
+        peft_model = _lora_model(adapter, config, quantized=load.load_in_4bit or load.load_in_8bit)
+    modality_of = {n: g for g, names in adapter.parameter_groups(peft_model).items() for n in names}
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    logger.info("training %d tensors (%s)", len(trainable), ", ".join(
+        f"{m}: {sum(1 for n in trainable if modality_of.get(n) == m)}" for m in ("vision", "language")))
+
+    dataset = EncodedDataset(adapter, examples)
+    steps = config.max_steps or math.ceil(len(dataset) / (config.batch_size * config.grad_accum) * config.epochs)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    resume_from = _latest_checkpoint(ckpt_dir) if resume else None
+    if resume and resume_from is None:
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; train with save_steps > 0 to make some")
+    log_path = out / "training_log.jsonl"
+    if resume_from:
+        _trim_log(log_path, int(resume_from.name.split("-")[-1]))
+    elif log_path.exists():
+        log_path.unlink()
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, max_steps=steps,
+        warmup_steps=int(config.warmup_ratio * steps), weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm, lr_scheduler_type="linear", logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
+        seed=config.seed, data_seed=config.seed, remove_unused_columns=False, report_to=[],
+        disable_tqdm=not progress, use_cpu=adapter.device.type == "cpu", dataloader_num_workers=0,
+    )
+    trainer = BalancedTrainer(
+        model=peft_model, args=args, train_dataset=dataset,
+        data_collator=RecipeCollator(adapter, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space),
+        recipe=recipe, modality_of=modality_of, log_path=log_path, adapter=adapter, eval_examples=eval_examples,
+        resume_checkpoint=str(resume_from) if resume_from else None,
+    )
+    trainer.mbias_eval_ref = eval_ref
+    return trainer, resume_from

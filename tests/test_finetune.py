@@ -1,0 +1,195 @@
+"""Fine-tuning: recipes change only what they should, M-SAM undoes its perturbation, MILES moves the right
+learning rate, resuming continues the same trajectory, and the recipes' losses on hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from mbias.finetune.config import FinetuneConfig
+from mbias.finetune.run import build_trainer, run_finetune
+
+DATA = "synth:shapes-p90/train"
+RECIPE_NAMES = ["lora", "msam", "miles", "mnl", "cggm", "ogm_ge"]
+
+
+def _config(recipe, **kw):
+    base = dict(recipe=recipe, max_steps=2, batch_size=4, max_train_samples=16, eval_samples=8, lr=1e-2,
+                logging_steps=1, warmup_ratio=0.0)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.mark.parametrize("recipe", RECIPE_NAMES)
+def test_recipe_changes_only_trainable_parameters(recipe, tiny_model_dir, tmp_path):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / recipe, config=_config(recipe),
+                               progress=False)
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    vision_tower = [n for n in before if ".vision_tower." in n]
+    assert vision_tower and not set(vision_tower) & trainable  # the vision tower stays frozen by default
+    trainer.train()
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    assert changed and changed <= trainable, sorted(changed - trainable)[:3]
+    assert any("multi_modal_projector" in n for n in changed)  # the vision side is trained too
+    log = [json.loads(line) for line in (tmp_path / recipe / "training_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2] and all(math.isfinite(e["loss"]) for e in log)
+    assert {"vision", "language"} <= {k.split("/")[0] for k in log[0]["lr"]}
+
+
+def test_saved_adapter_loads_with_peft_and_holds_only_lora(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText
+
+    out = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "ft", config=_config("lora"), progress=False)
+    keys = load_file(out / "adapter_model.safetensors").keys()
+    assert keys and all("lora_" in k for k in keys) and not any("vision_tower" in k for k in keys)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"))
+    PeftModel.from_pretrained(base, str(out))
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["recipe"] == "lora" and record["steps"] == 2
+
+
+def test_vision_tower_lora_only_when_asked(tiny_model_dir, tmp_path):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "v",
+                               config=_config("lora", lora_targets=["language", "vision"]), progress=False)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert any(".vision_tower." in n for n in trainable)
+    assert not any("multi_modal_projector" in n for n in trainable)
+
+
+def test_msam_undoes_its_perturbation(tiny_model_dir, tmp_path):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "m", config=_config("msam"),
+                               progress=False)
+    trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model = trainer.model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss, signals = trainer.recipe.training_step(model, batch)
+    assert all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert signals["loss/dominant_perturbed"] != signals["loss/dominant"]
+
+
+def test_miles_moves_the_dominant_sides_learning_rate(tiny_model_dir, tmp_path):
+    from mbias.finetune.recipes.miles import lr_factors, utilisation
+
+    assert utilisation(0.8, 0.4, 0.7) == pytest.approx((0.5, 0.125))
+    assert lr_factors(0.5, 0.125, tau=0.2, mu=0.5) == {"vision": 0.5, "language": 1.0}
+    assert lr_factors(0.1, 0.6, tau=0.2, mu=0.5) == {"vision": 1.0, "language": 0.5}
+    assert lr_factors(0.3, 0.2, tau=0.2, mu=0.5) == {"vision": 1.0, "language": 1.0}  # gap within tau
+    assert lr_factors(-0.1, -0.3, tau=0.2, mu=0.5) == {"vision": 1.0, "language": 1.0}  # both negative
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "mi", config=_config("miles", lr=1e-3),
+                               progress=False)
+    trainer.create_optimizer_and_scheduler(num_training_steps=2)
+    recipe = trainer.recipe
+    recipe.factors = {"vision": 1.0, "language": 0.5}
+    recipe.apply()
+    sched = trainer.lr_scheduler
+    for i, group in enumerate(trainer.optimizer.param_groups):
+        want = 0.5 if group["modality"] == "language" else 1.0
+        assert sched.base_lrs[i] == pytest.approx(1e-3 * want)
+    recipe.factors = {"vision": 1.0, "language": 1.0}
+    recipe.apply()
+    assert all(b == pytest.approx(1e-3) for b in sched.base_lrs)
+    signals = recipe.measure()  # a real measurement on held-out data
+    assert 0 <= signals["miles/acc_full"] <= 1 and "miles/u_text" in signals
+
+
+def test_resume_continues_the_same_trajectory(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = _config("cggm", max_steps=4, save_steps=2)
+    straight = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "straight", config=cfg, progress=False)
+    from transformers import TrainerCallback
+
+    class StopAfterTwo(TrainerCallback):  # an interruption right after the first checkpoint
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step >= 2
+
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "resumed", config=cfg, progress=False)
+    trainer.add_callback(StopAfterTwo())
+    trainer.train()
+    resumed = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "resumed", config=cfg, progress=False,
+                           resume=True)
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [json.loads(line)["step"] for line in (resumed / "training_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_label_space_recipes_refuse_open_ended_data(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from mbias.errors import DataError
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    data = tmp_path / "open.jsonl"
+    data.write_text(json.dumps({"id": "a", "image": "x.png", "question": "Describe it.", "answer": "dark"}) + "\n")
+    for recipe in ("mnl", "cggm", "miles"):
+        with pytest.raises(DataError, match="multiple-choice"):
+            build_trainer(tiny_model_dir("llava"), str(data), tmp_path / recipe, config=_config(recipe),
+                          progress=False)
+
+
+# ---- the recipes' arithmetic on hand-computed cases
+
+
+def test_mnl_margins_guidance_and_negative_term():
+    from mbias.finetune.recipes.mnl import negative_learning, robust_dominant
+
+    gold = torch.tensor([0, 0, 1])
+    z_full = torch.tensor([[2.0, 1.0, 0.0], [2.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
+    z_txt = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    z_img = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    text_dom, image_dom, m = robust_dominant(z_full, z_txt, z_img, gold)
+    # j = strongest non-target of the full prediction: class 1, class 2, class 2
+    assert m["xi_text"].tolist() == [3.0, 0.0, 1.0] and m["xi_image"].tolist() == [1.0, 1.0, -1.0]
+    assert text_dom.tolist() == [True, False, True]  # larger margin and larger gold probability
+    assert image_dom.tolist() == [False, True, False]
+    z_dom, z_weak = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    mask = torch.tensor([True])
+    got = negative_learning(z_dom, z_weak, torch.tensor([0]), mask, weight=0.7, reduction="batch")
+    # -log q_y - 0.7 * p_1 log q_1 with p = q = (0.5, 0.5)
+    assert float(got) == pytest.approx(math.log(2) + 0.7 * 0.5 * math.log(2))
+    assert float(negative_learning(z_dom, z_weak, torch.tensor([0]), mask, 0.7, "batch_classes")) == \
+        pytest.approx(float(got) / 2)
+    assert float(negative_learning(z_dom, z_weak, torch.tensor([0]), ~mask, 0.7, "batch")) == 0.0
+
+
+def test_cggm_coefficients_and_guards():
+    from mbias.finetune.recipes.cggm import modulation_coefficients
+
+    b = modulation_coefficients({"vision": 0.1, "language": 0.3}, s_min=1e-3, b_max=3.0)
+    assert b == pytest.approx({"vision": 0.75, "language": 0.25})  # the slower learner gets the larger B
+    assert modulation_coefficients({"vision": 0.2, "language": -0.2}, 1e-3, 3.0) == {"vision": 1.0, "language": 1.0}
+    wild = modulation_coefficients({"vision": 0.5, "language": -0.49}, 1e-3, 3.0)
+    assert wild == {"vision": 0.0, "language": 3.0}  # no negative B, no explosion
+
+
+def test_ogm_coefficient():
+    from mbias.finetune.recipes.ogm_ge import ogm_coefficient
+
+    assert ogm_coefficient(3.0, 1.0, alpha=0.5) == pytest.approx(1 - math.tanh(1.5))
+    assert ogm_coefficient(3.0, 1.0, alpha=0.5, offset=1.0) == pytest.approx(1 - math.tanh(1.0))
+    assert ogm_coefficient(1.0, 2.0, alpha=0.5, offset=1.0) == 1.0
+
+
+def test_msam_weights():
+    from mbias.finetune.signals import batch_shapley, modality_weights
+
+    vals = {"full": torch.tensor([1.0, 1.0]), "image_only": torch.tensor([1.0, 0.0]),
+            "text_only": torch.tensor([0.0, 0.0]), "none": torch.tensor([0.0, 0.0])}
+    phi_img, phi_txt = batch_shapley(vals)
+    assert phi_img.tolist() == [1.0, 0.5] and phi_txt.tolist() == [0.0, 0.5]
+    w = modality_weights(phi_img, phi_txt)
+    assert w.tolist() == [[1.0, 0.0], [0.5, 0.5]]
