@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from mbias.diagnose.config import AuditConfig
-from mbias.diagnose.runner import LoadOptions, run_audit
+from mbias.diagnose.runner import run_audit
 
 from mbias.config import build_config, load_yaml, values_from_args
 from mbias.models.config import AdapterConfig
+from mbias.models.loading import LoadOptions
 
 
 def audit_config_from_args(args) -> AuditConfig:
@@ -25,9 +26,7 @@ def audit_config_from_args(args) -> AuditConfig:
 
 def run_audit_command(args) -> int:
     config = audit_config_from_args(args)
-    load = LoadOptions(adapter=args.adapter, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
-                       load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code,
-                       revision=args.revision)
+    load = LoadOptions.from_args(args)
     summary = run_audit(args.model, args.data, args.out, config=config, load=load, overwrite=args.overwrite,
                         on_error=args.on_error, progress=not args.no_progress, report=not args.no_report)
     if summary is None:  # a non-main process under accelerate

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from mbias.diagnose import store
@@ -21,22 +20,12 @@ from mbias.diagnose.config import AuditConfig, build_probes
 from mbias.probes.base import KEEP, SampleContext
 
 from mbias.errors import ConfigError, DataError
+from mbias.models.loading import LoadOptions
 from mbias.provenance import provenance
 
 logger = logging.getLogger(__name__)
 
 OUR_FILES = ("manifest.json", "results.jsonl", "summary.json", "report.html", "report.md", "model_card.md")
-
-
-@dataclass
-class LoadOptions:
-    adapter: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-    revision: str | None = None
 
 
 def _distributed():
@@ -88,7 +77,6 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
               progress: bool = True, report: bool = True) -> dict | None:
     """Audit ``model`` on ``data`` into ``out``; returns the summary (None on non-main processes)."""
     from mbias.data import load_data
-    from mbias.models import load_adapter
 
     config = config or AuditConfig()
     load = load or LoadOptions()
@@ -99,9 +87,7 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     probes = build_probes(config)
     fingerprint = config.fingerprint(model, load.adapter, data)
     rank, world, state = _distributed()
-    adapter = load_adapter(model, adapter=load.adapter, device=str(state.device) if state else load.device,
-                           dtype=load.dtype, load_in_4bit=load.load_in_4bit, load_in_8bit=load.load_in_8bit,
-                           trust_remote_code=load.trust_remote_code, revision=load.revision, config=config.adapter)
+    adapter = load.load(model, config=config.adapter, device=str(state.device) if state else None)
     if rank == 0:
         _prepare_folder(out, fingerprint, overwrite)
         manifest = {

@@ -16,13 +16,12 @@ def finetune_config_from_args(args) -> FinetuneConfig:
 
 
 def run_finetune_command(args) -> int:
-    from mbias.diagnose.runner import LoadOptions
     from mbias.finetune.run import run_finetune
 
+    from mbias.models.loading import LoadOptions
+
     config = finetune_config_from_args(args)
-    load = LoadOptions(adapter=args.adapter, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
-                       load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code,
-                       revision=args.revision)
+    load = LoadOptions.from_args(args)
     out = run_finetune(args.model, args.data, args.out, config=config, load=load, on_error=args.on_error,
                        progress=not args.no_progress, resume=args.resume)
     print(f"wrote a {config.recipe} LoRA adapter to {out}; audit it with: mbias audit --model {args.model} "

@@ -78,14 +78,13 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
 def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneConfig, load=None,
                   on_error: str = "stop", progress: bool = True, resume: bool = False):
     """Everything up to ``trainer.train()``: returns (trainer, the checkpoint to resume from or None)."""
-    from mbias.diagnose.runner import LoadOptions
     from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
     from mbias.finetune.recipes import RECIPES
     from mbias.finetune.trainer import BalancedTrainer
     from transformers import TrainingArguments
 
     from mbias.data import load_data
-    from mbias.models import AdapterConfig, load_adapter
+    from mbias.models import AdapterConfig, LoadOptions
 
     load = load or LoadOptions()
     out = Path(out)
@@ -98,10 +97,7 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     eval_ref = config.eval_data or (data.rsplit("/", 1)[0] + "/val" if data.startswith("synth:") else None)
     if eval_ref:
         eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples).examples
-    adapter = load_adapter(model, adapter=None, device=load.device, dtype=load.dtype,
-                           load_in_4bit=load.load_in_4bit, load_in_8bit=load.load_in_8bit,
-                           trust_remote_code=load.trust_remote_code, revision=load.revision,
-                           config=AdapterConfig(batch_size=64))
+    adapter = load.load(model, config=AdapterConfig(batch_size=64), with_adapter=False)
     if load.adapter:
         from peft import PeftModel
 
@@ -141,4 +137,8 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
         resume_checkpoint=str(resume_from) if resume_from else None,
     )
     trainer.mbias_eval_ref = eval_ref
+    if not progress:  # without a progress bar the Trainer prints every log dict; training_log.jsonl has them
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     return trainer, resume_from

@@ -13,19 +13,31 @@ from mbias.finetune.data import answer_forward, choice_logits
 VARIANTS = ("full", "image_only", "text_only", "none")
 
 
+def stacked_inputs(inputs: dict, variants) -> dict:
+    """One batch holding every requested variant of every example, variant-major ([len(variants) * B, ...])."""
+    from mbias.finetune.data import MB, model_inputs
+
+    parts = [model_inputs(inputs, v) for v in variants]
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    n = len(variants)
+    for key in ("answer_mask", "question_mask", "choice_tokens", "choice_valid", "gold"):
+        if MB + key in inputs:
+            out[MB + key] = inputs[MB + key].repeat(n, *([1] * (inputs[MB + key].dim() - 1)))
+    return out
+
+
 @torch.no_grad()
 def variant_values(model, inputs: dict, value: str, variants=VARIANTS) -> dict[str, torch.Tensor]:
     """Per-sample values [B] of each variant: ``logprob`` (answer log-prob) or ``accuracy`` (1 if the gold
-    choice wins among the choices' first tokens; needs a label space)."""
-    out = {}
-    for v in variants:
-        sums, _, first = answer_forward(model, inputs, v)
-        if value == "accuracy":
-            z = choice_logits(first, inputs)
-            out[v] = (z.argmax(-1) == inputs["mb_gold"]).float()
-        else:
-            out[v] = sums.float()
-    return out
+    choice wins among the choices' first tokens; needs a label space). All variants go through one forward pass."""
+    variants = tuple(variants)
+    stacked = stacked_inputs(inputs, variants)
+    sums, _, first = answer_forward(model, stacked, "full")
+    if value == "accuracy":
+        vals = (choice_logits(first, stacked).argmax(-1) == stacked["mb_gold"]).float()
+    else:
+        vals = sums.float()
+    return dict(zip(variants, vals.chunk(len(variants)), strict=True))
 
 
 def batch_shapley(vals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,8 @@ from mbias.errors import ConfigError
 class MILESConfig:
     tau: float = field(default=0.2, metadata={"help": "utilisation gap below which learning rates are left alone"})
     mu: float = field(default=0.5, metadata={"help": "learning-rate factor of the dominant side"})
-    every_steps: int = field(default=20, metadata={"help": "optimizer steps between measurements"})
+    every_steps: int = field(default=50, metadata={"help": "optimizer steps between measurements (the paper "
+                                                           "measures once per epoch)"})
 
     def __post_init__(self):
         if not 0 < self.mu <= 1:

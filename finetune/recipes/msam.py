@@ -106,8 +106,8 @@ class MSAMRecipe(Recipe):
             p.grad = prev + gs + gd
         loss = (loss_dom + loss_sub).detach()
         return loss, {
-            "loss/dominant": float(loss_dom), "loss/rest": float(loss_sub),
-            "loss/dominant_perturbed": float(loss_dom_perturbed),
+            "loss/dominant": loss_dom.item(), "loss/rest": loss_sub.item(),
+            "loss/dominant_perturbed": loss_dom_perturbed.item(),
             "shapley/phi_image": float(phi_img.mean()), "shapley/phi_text": float(phi_txt.mean()),
             "weight/image": float(w[:, 0].mean()), "dominant/text_share": float((dominant == 1).float().mean()),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from mbias.errors import ModelLoadError
@@ -142,3 +143,27 @@ def _attach_peft(model, adapter: str, is_trainable: bool):
         raise ModelLoadError(f"could not load adapter {adapter!r}: {str(exc).splitlines()[0]}") from None
     # LoRA layers live inside the base model's modules, so the unwrapped model scores with the adapter applied.
     return peft_model.get_base_model()
+
+
+@dataclass
+class LoadOptions:
+    """How to load a model: the CLI's model flags, shared by audit and finetune."""
+
+    adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> LoadOptions:
+        return cls(adapter=args.adapter, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
+                   load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code, revision=args.revision)
+
+    def load(self, model_ref: str, *, config: AdapterConfig | None = None, device: str | None = None,
+             with_adapter: bool = True) -> ModelAdapter:
+        return load_adapter(model_ref, adapter=self.adapter if with_adapter else None, device=device or self.device,
+                            dtype=self.dtype, load_in_4bit=self.load_in_4bit, load_in_8bit=self.load_in_8bit,
+                            trust_remote_code=self.trust_remote_code, revision=self.revision, config=config)
