@@ -89,10 +89,22 @@ def main() -> None:
             t0 = time.perf_counter()
             ft = {k[3:]: v for k, v in recipe_config.items() if k.startswith("ft.")}
             rc = {k: v for k, v in recipe_config.items() if not k.startswith("ft.")}
-            run_finetune("zoo:shapes-p90", "synth:shapes-p90/train", out, progress=False, config=FinetuneConfig(
-                recipe=recipe, max_steps=args.steps, lr=args.lr, batch_size=32, seed=seed, recipe_config=rc, **ft))
-            timing[name].append(json.loads((out / "recipe.json").read_text())["seconds_per_step"])
-            results[name][seed] = evaluate(out, args.n_eval, args.n_audit)
+            # A finished run with the same settings is reused, so an interrupted comparison resumes where it stopped.
+            key = {"recipe": recipe, "recipe_config": rc, "ft": ft, "steps": args.steps, "lr": args.lr, "seed": seed,
+                   "n_eval": args.n_eval, "n_audit": args.n_audit}
+            cached = out / "comparison-eval.json"
+            if cached.exists() and json.loads(cached.read_text())["key"] == key:
+                saved = json.loads(cached.read_text())
+                timing[name].append(saved["seconds_per_step"])
+                results[name][seed] = saved["result"]
+            else:
+                run_finetune("zoo:shapes-p90", "synth:shapes-p90/train", out, progress=False, config=FinetuneConfig(
+                    recipe=recipe, max_steps=args.steps, lr=args.lr, batch_size=32, seed=seed, recipe_config=rc,
+                    **ft))
+                timing[name].append(json.loads((out / "recipe.json").read_text())["seconds_per_step"])
+                results[name][seed] = evaluate(out, args.n_eval, args.n_audit)
+                cached.write_text(json.dumps({"key": key, "seconds_per_step": timing[name][-1],
+                                              "result": results[name][seed]}))
             r = results[name][seed]
             print(json.dumps({"run": name, "seed": seed, "test-cp": np.mean(r["test-cp"]),
                               "test-id": np.mean(r["test-id"]), "vision_share": float(np.nanmean(r["vision_share"])),

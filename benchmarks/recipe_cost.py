@@ -22,15 +22,18 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results"
-RECIPES = ["lora", "msam", "miles", "mnl", "cggm", "ogm_ge"]
+RUNS = [  # (row name, recipe, recipe settings)
+    ("lora", "lora", {}), ("msam", "msam", {}), ("msam direction=previous", "msam", {"direction": "previous"}),
+    ("miles", "miles", {}), ("mnl", "mnl", {}), ("cggm", "cggm", {}), ("ogm_ge", "ogm_ge", {}),
+]
 
 
-def _train(recipe: str, steps: int, out: str, queue) -> None:
+def _train(recipe: str, recipe_config: dict, steps: int, out: str, queue) -> None:
     from mbias.finetune.config import FinetuneConfig
     from mbias.finetune.run import run_finetune
 
     run_finetune("zoo:shapes-p90", "synth:shapes-p90/train", out, progress=False, config=FinetuneConfig(
-        recipe=recipe, max_steps=steps, batch_size=32, lr=1e-3, seed=0))
+        recipe=recipe, max_steps=steps, batch_size=32, lr=1e-3, seed=0, recipe_config=recipe_config))
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB (Linux reports KiB)
 
 
@@ -45,24 +48,24 @@ def main() -> None:
 
     zoo_model_path("shapes-p90")  # build once, outside the timed children
     ctx = mp.get_context("spawn")
-    per_step = {r: [] for r in RECIPES}
-    peak = {r: [] for r in RECIPES}
+    per_step = {name: [] for name, _, _ in RUNS}
+    peak = {name: [] for name, _, _ in RUNS}
     for round_ in range(args.rounds):
-        for recipe in RECIPES:
-            out = Path(f"/tmp/mbias-recipe-cost/{recipe}-{round_}")
+        for name, recipe, recipe_config in RUNS:
+            out = Path(f"/tmp/mbias-recipe-cost/{name.replace(' ', '_')}-{round_}")
             queue = ctx.Queue()
-            proc = ctx.Process(target=_train, args=(recipe, args.steps, str(out), queue))
+            proc = ctx.Process(target=_train, args=(recipe, recipe_config, args.steps, str(out), queue))
             proc.start()
             rss = queue.get()
             proc.join()
             times = [json.loads(line)["time"] for line in (out / "training_log.jsonl").read_text().splitlines()]
-            per_step[recipe].append((times[-1] - times[args.skip]) / (len(times) - 1 - args.skip))
-            peak[recipe].append(rss)
-            print(json.dumps({"round": round_, "recipe": recipe, "s_per_step": per_step[recipe][-1],
+            per_step[name].append((times[-1] - times[args.skip]) / (len(times) - 1 - args.skip))
+            peak[name].append(rss)
+            print(json.dumps({"round": round_, "recipe": name, "s_per_step": per_step[name][-1],
                               "peak_rss_mib": round(rss)}), flush=True)
     rows = []
     base_t, base_m = statistics.median(per_step["lora"]), statistics.median(peak["lora"])
-    for r in RECIPES:
+    for r, _, _ in RUNS:
         t, m = statistics.median(per_step[r]), statistics.median(peak[r])
         rows.append({"recipe": r, "s_per_step": t, "time_vs_lora": t / base_t, "peak_rss_mib": m,
                      "memory_vs_lora": m / base_m})

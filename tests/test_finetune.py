@@ -64,18 +64,22 @@ def test_vision_tower_lora_only_when_asked(tiny_model_dir, tmp_path):
     assert not any("multi_modal_projector" in n for n in trainable)
 
 
-def test_msam_undoes_its_perturbation(tiny_model_dir, tmp_path):
-    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "m", config=_config("msam"),
-                               progress=False)
+@pytest.mark.parametrize("direction", ["fresh", "previous"])
+def test_msam_undoes_its_perturbation(tiny_model_dir, tmp_path, direction):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "m",
+                               config=_config("msam", recipe_config={"direction": direction}), progress=False)
     trainer.create_optimizer_and_scheduler(num_training_steps=2)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     model = trainer.model
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loss, signals = trainer.recipe.training_step(model, batch)
-    assert all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
-    assert signals["loss/dominant_perturbed"] != signals["loss/dominant"]
+    for _step in range(2):  # with direction="previous" the second step perturbs along the first step's gradient
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        loss, signals = trainer.recipe.training_step(model, batch)
+        assert all(torch.equal(before[n], p.detach()) for n, p in model.named_parameters())
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        assert signals["loss/dominant_perturbed"] != signals["loss/dominant"]
+    assert (trainer.recipe.last_direction is not None) == (direction == "previous")
 
 
 def test_miles_moves_the_dominant_sides_learning_rate(tiny_model_dir, tmp_path):

@@ -119,7 +119,7 @@ class CGGMRecipe(Recipe):
         loss = sft + cfg.lam * l_gm
         self.modulated_backward(loss, {m: cfg.rho * coef[m] for m in coef}, mode=cfg.mode)
         loss = loss.detach()
-        return loss, {"loss/sft": sft.item(), "loss/direction": float(l_gm), "cggm/acc_image_head": acc["vision"],
+        return loss, {"loss/sft": sft.item(), "loss/direction": float(l_gm.detach()), "cggm/acc_image_head": acc["vision"],
                       "cggm/acc_text_head": acc["language"], "cggm/B_image": coef["vision"],
                       "cggm/B_text": coef["language"]}
 

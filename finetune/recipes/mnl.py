@@ -33,10 +33,15 @@ class MNLConfig:
     warmup_steps: int = field(default=0, metadata={"help": "CE-only steps before negative learning (paper) "
                                                            "- 0 as in the released code"})
     reduction: str = field(default="batch_classes", metadata={"help": "batch_classes (released code) or batch"})
+    unimodal_ce: list[str] = field(default_factory=lambda: ["text", "image"], metadata={
+        "help": "which unimodal CE terms to add (both in the method; in a decoder MLLM the text-only pass is the "
+                "whole model reading the question alone, so its CE term trains the language prior itself)"})
 
     def __post_init__(self):
         if self.reduction not in ("batch_classes", "batch"):
             raise ConfigError(f"reduction must be batch_classes or batch, not {self.reduction!r}")
+        if set(self.unimodal_ce) - {"text", "image"}:
+            raise ConfigError(f"unimodal_ce takes text and/or image; got {self.unimodal_ce}")
 
 
 def masked_ce(z: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
@@ -92,7 +97,7 @@ class MNLRecipe(Recipe):
         z_txt = choice_logits(answer_forward(model, inputs, "text_only")[2], inputs)
         z_img = choice_logits(answer_forward(model, inputs, "image_only")[2], inputs)
         ce_txt, ce_img = masked_ce(z_txt, gold).mean(), masked_ce(z_img, gold).mean()
-        loss = sft + ce_txt + ce_img
+        loss = sft + ("text" in self.config.unimodal_ce) * ce_txt + ("image" in self.config.unimodal_ce) * ce_img
         text_dom, image_dom, margins = robust_dominant(z_full.detach(), z_txt.detach(), z_img.detach(), gold)
         neg = torch.zeros((), device=loss.device)
         if self.trainer.state.global_step >= self.config.warmup_steps:
@@ -105,6 +110,6 @@ class MNLRecipe(Recipe):
         self.backward(loss)
         loss = loss.detach()
         return loss, {"loss/sft": sft.item(), "loss/ce_text": ce_txt.item(), "loss/ce_image": ce_img.item(),
-                      "loss/negative": float(neg), "mnl/text_guides": float(text_dom.float().mean()),
+                      "loss/negative": float(neg.detach()), "mnl/text_guides": float(text_dom.float().mean()),
                       "mnl/image_guides": float(image_dom.float().mean()),
                       "mnl/xi_text": float(margins["xi_text"].mean()), "mnl/xi_image": float(margins["xi_image"].mean())}

@@ -217,7 +217,6 @@ class ModelAdapter(ScoringMixin):
         pooled = out.pooler_output
         if isinstance(pooled, (list, tuple)):
             rows = [p.reshape(-1, p.shape[-1]) for p in pooled]
-            n_images = len(rows)
             per_image = rows[0].shape[0]
             if any(r.shape[0] != per_image for r in rows):
                 raise MbiasError("images of one batch gave different token counts; resize them to one size")
