@@ -64,7 +64,8 @@ def main() -> None:
     ap.add_argument("--recipes", default="lora,msam,miles,mnl,cggm,ogm_ge")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra run NAME:RECIPE:JSON, the recipe's settings; keys starting with 'ft.' set the fine-tune "
-                         "config instead, e.g. 'miles-bal:miles:{\"tau\":0.05,\"ft.eval_data\":\"synth:shapes-p00/val\"}'")
+                         "config instead, e.g. 'miles-bal:miles:{\"tau\":0.05,\"ft.eval_data\":\"synth:shapes-p00/val\"}', "
+                         "and 'data' replaces the training data (a reference row, not a recipe)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -88,17 +89,20 @@ def main() -> None:
             out = WORK / f"{name}-s{seed}"
             t0 = time.perf_counter()
             ft = {k[3:]: v for k, v in recipe_config.items() if k.startswith("ft.")}
-            rc = {k: v for k, v in recipe_config.items() if not k.startswith("ft.")}
+            data = recipe_config.get("data", "synth:shapes-p90/train")
+            rc = {k: v for k, v in recipe_config.items() if not k.startswith("ft.") and k != "data"}
             # A finished run with the same settings is reused, so an interrupted comparison resumes where it stopped.
             key = {"recipe": recipe, "recipe_config": rc, "ft": ft, "steps": args.steps, "lr": args.lr, "seed": seed,
                    "n_eval": args.n_eval, "n_audit": args.n_audit}
+            if data != "synth:shapes-p90/train":
+                key["data"] = data
             cached = out / "comparison-eval.json"
             if cached.exists() and json.loads(cached.read_text())["key"] == key:
                 saved = json.loads(cached.read_text())
                 timing[name].append(saved["seconds_per_step"])
                 results[name][seed] = saved["result"]
             else:
-                run_finetune("zoo:shapes-p90", "synth:shapes-p90/train", out, progress=False, config=FinetuneConfig(
+                run_finetune("zoo:shapes-p90", data, out, progress=False, config=FinetuneConfig(
                     recipe=recipe, max_steps=args.steps, lr=args.lr, batch_size=32, seed=seed, recipe_config=rc,
                     **ft))
                 timing[name].append(json.loads((out / "recipe.json").read_text())["seconds_per_step"])

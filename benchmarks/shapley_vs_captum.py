@@ -6,7 +6,9 @@ image's mean colour. Ground truth: exact Shapley values by enumerating every coa
 
 (a) captum: ``LLMAttribution(ShapleyValueSampling(model), tokenizer)`` with a joint input written the way captum's
     docs suggest (a subclass of ``ImageMaskInput`` whose ``to_model_input`` masks the text and re-runs the
-    processor); captum scores one coalition per forward pass and re-encodes the image each time.
+    processor); captum scores one coalition per forward pass and re-encodes the image each time. It is called
+    with ``use_cached_outputs=False``: captum's default cached path loses the image under transformers 5 (see
+    ``captum_user_path``), and the script checks that both sides score the same coalitions alike before timing.
 (b) mbias ``mm_shap`` on the same pixel-level game (batched coalitions, antithetic permutations), and on its
     default feature-level game (vision tower once per example; error against that game's own exact values).
 
@@ -79,8 +81,30 @@ def captum_user_path(adapter, prepared, grid: int, n_samples: int, seed: int) ->
     inp = make_user_input(adapter, prepared, grid)
     llm_attr = LLMAttribution(ShapleyValueSampling(adapter.model), adapter.tokenizer)
     with torch.no_grad():
-        res = llm_attr.attribute(inp, target=prepared.answer_ids, n_samples=n_samples)
+        # use_cached_outputs=False: with captum 0.9's default (True) and transformers 5, captum's cached decoding
+        # path calls prepare_inputs_for_generation, which drops pixel_values, so every coalition scores the model
+        # without its image and the image players get exactly 0 (check_same_game catches this)
+        res = llm_attr.attribute(inp, target=prepared.answer_ids, n_samples=n_samples, use_cached_outputs=False)
     return res.seq_attr.detach().cpu().numpy().astype(np.float64)
+
+
+def check_same_game(adapter, prepared, grid: int, value_fn, n: int, n_checks: int = 4) -> None:
+    """captum's forward and mbias's value function must score the same coalitions alike, or errors against the
+    exact values compare different games."""
+    from captum.attr import LLMAttribution, ShapleyValueSampling
+
+    inp = make_user_input(adapter, prepared, grid)
+    llm_attr = LLMAttribution(ShapleyValueSampling(adapter.model), adapter.tokenizer)
+    rng = np.random.default_rng(0)
+    masks = [np.zeros(n, bool), np.ones(n, bool)] + [rng.random(n) < 0.5 for _ in range(n_checks - 2)]
+    for m in masks:
+        t = torch.from_numpy(m).float()[None]
+        with torch.no_grad():
+            theirs = float(llm_attr._forward_func(t, inp, prepared.answer_ids, False).flatten()[0])
+        ours = float(value_fn(torch.from_numpy(m)[None])[0])
+        if abs(theirs - ours) > 1e-3:
+            raise SystemExit(f"captum and mbias score coalition {m.astype(int).tolist()} differently "
+                             f"({theirs:.5f} vs {ours:.5f}): the comparison would not be of the same game")
 
 
 def rel_error(phi: np.ndarray, exact: np.ndarray) -> float:
@@ -123,24 +147,31 @@ def main() -> None:
         prepared = {m: a.prepare(ex) for m, a in adapters.items()}
         inputs = {m: ImageTextInput(adapters[m], prepared[m], args.grid, value="logprob") for m in adapters}
         n = inputs["pixel"].n_itp_features
+        check_same_game(adapters["pixel"], prepared["pixel"], args.grid, inputs["pixel"].value, n)
         t0 = time.perf_counter()
         exact = {m: exact_shapley(inputs[m].value, n, batch_size=256).phi for m in inputs}
         exact_seconds.append(time.perf_counter() - t0)
         for b in captum_budgets:
             t0 = time.perf_counter()
             phi = captum_user_path(adapters["pixel"], prepared["pixel"], args.grid, b, seed=idx)
-            rows["captum (pixel game)"][b].append((time.perf_counter() - t0, rel_error(phi, exact["pixel"])))
+            # captum's ShapleyValueSampling: the baseline once, then one coalition per player per permutation,
+            # each its own forward pass (LLMAttribution scores a single instance per forward call)
+            rows["captum (pixel game)"][b].append((time.perf_counter() - t0, rel_error(phi, exact["pixel"]),
+                                                   1 + b * n, 1 + b * n))
         for m, label in (("pixel", "mbias (pixel game)"), ("feature", "mbias (feature game, default)")):
             for b in ours_budgets:
                 t0 = time.perf_counter()
                 res = permutation_shapley(inputs[m].value, n, b, rng=np.random.default_rng(idx), batch_size=256)
-                rows[label][b].append((time.perf_counter() - t0, rel_error(res.phi, exact[m])))
+                rows[label][b].append((time.perf_counter() - t0, rel_error(res.phi, exact[m]), res.n_evaluations,
+                                       -(-res.n_evaluations // 256)))  # batches of up to 256 coalitions
         print(json.dumps({"example": ex.id, "players": n}), flush=True)
 
     summary = {}
     for label, by_budget in rows.items():
-        summary[label] = [{"budget": b, "seconds": float(np.mean([t for t, _ in v])),
-                           "rel_error": float(np.mean([e for _, e in v]))} for b, v in by_budget.items()]
+        summary[label] = [{"budget": b, "seconds": float(np.mean([r[0] for r in v])),
+                           "rel_error": float(np.mean([r[1] for r in v])),
+                           "coalitions": float(np.mean([r[2] for r in v])),
+                           "forward_passes": float(np.mean([r[3] for r in v]))} for b, v in by_budget.items()]
     speedup = speedup_at_equal_error(summary["captum (pixel game)"], summary["mbias (pixel game)"])
     speedup_default = speedup_at_equal_error(summary["captum (pixel game)"], summary["mbias (feature game, default)"])
     meta = {"command": "python benchmarks/shapley_vs_captum.py", "examples": len(chosen), "grid": args.grid,
@@ -154,10 +185,12 @@ def main() -> None:
              "", f"`{meta['command']}`: zoo:shapes-p90, {len(chosen)} examples of synth:shapes-p90/test-balanced, "
              f"players = question tokens + {args.grid}x{args.grid} image cells (at most {args.max_players}); "
              "budget = captum n_samples (permutations) or mbias permutations (antithetic pairs).", "",
-             "| method | budget | seconds / example | mean relative L1 error |", "|---|---|---|---|"]
+             "| method | budget | coalitions scored | forward passes | seconds / example | mean relative L1 error |",
+             "|---|---|---|---|---|---|"]
     for label, curve in summary.items():
         for point in curve:
-            lines.append(f"| {label} | {point['budget']} | {point['seconds']:.3f} | {point['rel_error']:.4f} |")
+            lines.append(f"| {label} | {point['budget']} | {point['coalitions']:.0f} | {point['forward_passes']:.0f} | "
+                         f"{point['seconds']:.3f} | {point['rel_error']:.4f} |")
     lines += ["", f"Exact enumeration (ground truth) took {meta['exact_seconds_per_example']:.2f} s per example.", "",
               f"Speed-up at equal error, same pixel-level game: {speedup['text']}",
               f"Speed-up at equal error, mbias default (feature-level) game: {speedup_default['text']}"]

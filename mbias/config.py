@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import logging
 import typing
 from pathlib import Path
@@ -67,14 +68,18 @@ def values_from_args(args: argparse.Namespace, cls, *, prefix: str = "") -> dict
 
 
 def build_config(cls, *sources: dict[str, Any], where: str = ""):
-    """``cls(**merged)``, later sources winning; unknown keys dropped with a warning; bad values -> ConfigError."""
+    """``cls(**merged)``, later sources winning; unknown keys and bad values -> ConfigError.
+
+    An unknown key is an error, not a warning: a misspelt setting (``rh0: 0.1``) would otherwise run the whole
+    experiment on the default and say nothing."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     merged: dict[str, Any] = {}
     for src in sources:
         for key, value in (src or {}).items():
             if key not in names:
-                logger.warning("%s: ignoring unknown %s field %r", where or "config", cls.__name__, key)
-                continue
+                close = difflib.get_close_matches(str(key), sorted(names), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(sorted(names))}"
+                raise ConfigError(f"{where or 'config'}: unknown {cls.__name__} field {key!r}{hint}")
             merged[key] = value
     try:
         return cls(**merged)

@@ -100,3 +100,14 @@ def test_image_modes_and_exif_orientation_are_normalised(tmp_path):
     exif[0x0112] = 6  # rotate 90 on display
     img.save(tmp_path / "rot.jpg", exif=exif)
     assert open_image(tmp_path / "rot.jpg").size == (2, 4)
+
+
+def test_misspelt_config_field_is_an_error_with_a_suggestion():
+    from mbias.finetune.recipes.msam import MSAMConfig
+
+    from mbias.config import build_config
+    from mbias.errors import ConfigError
+
+    assert build_config(MSAMConfig, {"rho": 0.1}).rho == 0.1
+    with pytest.raises(ConfigError, match="did you mean 'rho'"):
+        build_config(MSAMConfig, {"rh0": 0.1}, where="recipe_config")
