@@ -30,7 +30,7 @@ def run_demo(args) -> int:
 
     out = Path(args.out)
     progress = not args.no_progress
-    n = 40 if args.quick else 150
+    n = 40 if args.quick else 120
     t0 = time.perf_counter()
     print(f"[1/4] zoo model {MODEL} (a tiny LLaVA trained from scratch with a 90% language prior; cached after "
           "the first run)", flush=True)
