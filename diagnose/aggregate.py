@@ -28,8 +28,13 @@ def verdict(probes_summary: dict, margin: float) -> dict:
         dominant = "vision"
     else:
         dominant = "balanced"
-    return {"dominant_modality": dominant, "language_share": stat["mean"], "ci95": [lo, hi], "rests_on": probe,
-            "margin": margin, "rule": rule, "n": stat["n"]}
+    # Within "balanced", say which way it leans when the whole interval is on one side of 0.5 (but inside the
+    # margin): a model at 0.60 [0.55, 0.66] is not the same finding as one at 0.50 [0.45, 0.55].
+    leaning = None
+    if dominant == "balanced" and lo is not None:
+        leaning = "language" if lo > 0.5 else "vision" if hi < 0.5 else None
+    return {"dominant_modality": dominant, "leaning": leaning, "language_share": stat["mean"], "ci95": [lo, hi],
+            "rests_on": probe, "margin": margin, "rule": rule, "n": stat["n"]}
 
 
 def per_category(records: list[dict]) -> dict:

@@ -41,5 +41,7 @@ def verdict_line(summary: dict, where: str) -> str:
         return f"audit of {summary['n_samples']} samples written to {where} (no verdict: {v.get('note')})"
     lo, hi = v["ci95"]
     label = "balanced" if v["dominant_modality"] == "balanced" else f"{v['dominant_modality']}-dominant"
+    if v.get("leaning"):
+        label += f", leaning {v['leaning']}"
     return (f"{label}: language share {v['language_share']:.2f} [{lo:.2f}, {hi:.2f}] "
             f"({v['rests_on']}, {summary['n_samples']} samples, accuracy {summary['accuracy']:.2f}) -> {where}")

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 
 from mbias.reports import _load_summary, _records
-from mbias.reports.content import fmt
+from mbias.reports.content import fmt, verdict_label
 
 from mbias.stats import bootstrap_diff, bootstrap_mean
 
@@ -75,13 +75,13 @@ width:100%}}td,th{{padding:6px 8px;border-bottom:1px solid #e5e7eb;text-align:le
 <body><h1>Before / after</h1>
 <p class="sub">before: {e(str(a))} ({e(sa.get('model'))}, {sa['n_samples']} samples)<br>
 after: {e(str(b))} ({e(sb.get('model'))}, {sb['n_samples']} samples)</p>
-<p>Verdict before: <b>{e(str(va.get('dominant_modality')))}</b>; after: <b>{e(str(vb.get('dominant_modality')))}</b>.
+<p>Verdict before: <b>{e(verdict_label(va))}</b>; after: <b>{e(verdict_label(vb))}</b>.
 Differences are {e(how)}; bold rows have a 95% interval that excludes zero.</p>
 {''.join(table)}</body></html>"""
     target.write_text(page, encoding="utf-8")
     md = ["# Before / after", "", f"before: `{a}` ({sa['n_samples']} samples), after: `{b}` ({sb['n_samples']} "
           f"samples); differences {how}.", "",
-          f"Verdict before: **{va.get('dominant_modality')}**, after: **{vb.get('dominant_modality')}**.", "",
+          f"Verdict before: **{verdict_label(va)}**, after: **{verdict_label(vb)}**.", "",
           "| measure | before | after | after - before [95% CI] |", "|---|---|---|---|"]
     md += [f"| {r['measure']} | {fmt(r['before'])} | {fmt(r['after'])} | {fmt(r['difference'])}"
            f"{' *' if r['clear'] else ''} |" for r in rows]

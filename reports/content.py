@@ -41,12 +41,24 @@ class Section:
     note: str = ""
 
 
+def verdict_label(v: dict) -> str:
+    """``language`` / ``vision`` / ``balanced`` (``balanced, leaning language``), or ``none``."""
+    label = v.get("dominant_modality") or "none"
+    return f"{label}, leaning {v['leaning']}" if v.get("leaning") else label
+
+
 def verdict_sentence(summary: dict) -> str:
     v = summary["verdict"]
     if v.get("dominant_modality") is None:
         return f"No verdict: {v.get('note', 'no share probe was run')}."
     word = {"language": "relies mostly on the question text", "vision": "relies mostly on the image",
             "balanced": "uses image and text in balance (no side's interval clears the margin)"}[v["dominant_modality"]]
+    if v.get("leaning"):
+        side = "the question text" if v["leaning"] == "language" else "the image"
+        word = (f"leans on {side}, within the margin (the interval lies above 0.5 but does not clear "
+                f"{0.5 + v.get('margin', 0.05):.2f})" if v["leaning"] == "language" else
+                f"leans on {side}, within the margin (the interval lies below 0.5 but does not clear "
+                f"{0.5 - v.get('margin', 0.05):.2f})")
     return (f"The model {word}: language share {fmt({'mean': v['language_share'], 'ci95': v['ci95']})} "
             f"(95% interval, {v['rests_on']}).")
 

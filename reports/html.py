@@ -67,6 +67,8 @@ def render_html(summary: dict, figures: dict[str, bytes], overlays: list[bytes])
     kind = v.get("dominant_modality") or "none"
     title = {"language": "Language-dominant", "vision": "Vision-dominant", "balanced": "Balanced",
              "none": "No verdict"}[kind]
+    if v.get("leaning"):
+        title += f", leaning {v['leaning']}"
     cards = [("samples", f"{summary['n_samples']} ({summary.get('n_images', '?')} images)"),
              ("accuracy", content.fmt({"mean": summary["accuracy"], "ci95": summary.get("accuracy_ci95")}))]
     ab = summary["probes"].get("ablation", {})

@@ -21,7 +21,7 @@ def render_markdown(summary: dict, plot_files: dict[str, str]) -> str:
     v = summary["verdict"]
     lines = [f"# Modality-bias audit: {summary.get('model')}", "", f"Data: `{summary.get('data')}`, "
              f"{summary['n_samples']} samples. Accuracy {content.fmt({'mean': summary['accuracy'], 'ci95': summary.get('accuracy_ci95')})}.",
-             "", f"**Verdict: {v.get('dominant_modality') or 'none'}.** {content.verdict_sentence(summary)}",
+             "", f"**Verdict: {content.verdict_label(v)}.** {content.verdict_sentence(summary)}",
              f"Rule: {v['rule']}.", ""]
     for sec in content.sections(summary):
         lines += [f"## {sec.title}", "", f"*{sec.definition}*", ""]
@@ -84,5 +84,5 @@ def render_model_card(summary: dict) -> str:
         "---", yaml.safe_dump(block, sort_keys=False).strip(), "---", "",
         "## Modality reliance", "",
         f"Audited with mbias on `{summary.get('data')}` ({summary['n_samples']} samples). Verdict: "
-        f"**{v.get('dominant_modality') or 'none'}** (language share {share}, {v.get('rests_on')}; {v['rule']}).",
+        f"**{content.verdict_label(v)}** (language share {share}, {v.get('rests_on')}; {v['rule']}).",
         "", "See the full report (report.html) for per-probe results, intervals and method details.", ""])

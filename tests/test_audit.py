@@ -243,3 +243,16 @@ def _assert_close(a, b, path="") -> None:
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4), path  # ratios of small phis amplify float noise
     else:
         assert a == b, path
+
+
+@pytest.mark.parametrize("ci, dominant, leaning", [
+    ((0.56, 0.70), "language", None), ((0.55, 0.66), "balanced", "language"), ((0.45, 0.55), "balanced", None),
+    ((0.30, 0.44), "vision", None), ((0.40, 0.49), "balanced", "vision")])
+def test_verdict_and_its_leaning(ci, dominant, leaning):
+    from mbias.diagnose.aggregate import verdict
+    from mbias.reports.content import verdict_label, verdict_sentence
+
+    v = verdict({"modality_shapley": {"language_share": {"mean": sum(ci) / 2, "ci95": list(ci), "n": 10}}}, 0.05)
+    assert (v["dominant_modality"], v["leaning"]) == (dominant, leaning)
+    assert verdict_label(v) == (f"{dominant}, leaning {leaning}" if leaning else dominant)
+    assert ("leans on" in verdict_sentence({"verdict": v})) == (leaning is not None)
