@@ -47,8 +47,10 @@ def test_shapley_estimators_on_a_known_game():
     assert np.allclose(approx.phi, exact.phi, atol=1e-9)  # this game is additive up to a pairwise term
 
 
-def test_modality_shapley_is_efficient_and_matches_mm_shap_totals(llava, shapes_image):
-    ctx = _ctx(llava, shapes_image)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_modality_shapley_is_efficient_and_matches_mm_shap_totals(family, tiny_model_dir, shapes_image):
+    adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    ctx = _ctx(adapter, shapes_image)
     ms = PROBES.get("modality_shapley")().run(ctx)
     assert ms["phi_image"] + ms["phi_text"] == pytest.approx(ms["v_full"] - ms["v_none"], abs=1e-6)
     assert ms["vision_share"] + ms["language_share"] == pytest.approx(1.0)
@@ -115,7 +117,7 @@ def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, sha
     assert mm["v_shap"] < 0.01
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_model_that_cannot_read_has_no_language_share(family, tiny_model_dir, shapes_image):
     adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
     prepared = adapter.prepare(_example(shapes_image))
