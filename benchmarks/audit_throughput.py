@@ -99,6 +99,7 @@ def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
     import torch
     from mbias.probes import SampleContext
 
+    image_tokens = set()
     stats = {"rows": 0, "rows_image_whole": 0, "tokens": 0.0, "prefix": 0.0, "tokens_576": 0.0, "prefix_576": 0.0,
              "prefix_576_whole": 0.0}
     orig = adapter._forward_rows
@@ -107,6 +108,7 @@ def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
         full = prepared.prompt_ids
         img_pos = prepared.image_positions
         n_img = int(img_pos.numel())
+        image_tokens.add(n_img)
         grow = 576 - n_img
         for v, c in rows:
             length = full.numel() + int(answers[c].numel())
@@ -144,7 +146,7 @@ def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
     finally:
         adapter._forward_rows = orig
     return {"samples": n, "rows": stats["rows"], "rows_image_whole": stats["rows_image_whole"] / stats["rows"],
-            "image_tokens": int(adapter.prepare(ds[0]).image_positions.numel()),
+            "image_tokens": max(image_tokens),
             "saving_this_model": stats["prefix"] / stats["tokens"],
             "saving_576_image_tokens": stats["prefix_576"] / stats["tokens_576"],
             "saving_576_whole_image_rows_only": stats["prefix_576_whole"] / stats["tokens_576"]}

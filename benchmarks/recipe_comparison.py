@@ -97,8 +97,8 @@ def main() -> None:
             if data != "synth:shapes-p90/train":
                 key["data"] = data
             cached = out / "comparison-eval.json"
-            if cached.exists() and json.loads(cached.read_text())["key"] == key:
-                saved = json.loads(cached.read_text())
+            saved = json.loads(cached.read_text()) if cached.exists() else None
+            if saved and saved["key"] == key:
                 timing[name].append(saved["seconds_per_step"])
                 results[name][seed] = saved["result"]
             else:

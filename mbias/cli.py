@@ -160,7 +160,7 @@ def _run_zoo_build(args) -> int:
 def _run_demo(args) -> int:
     from mbias.demo import run_demo
 
-    return run_demo(args)
+    return run_demo(args, say=lambda line: print(line, flush=True))
 
 
 def _run_env(args) -> int:

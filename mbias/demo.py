@@ -3,13 +3,17 @@
 1. build (or load from the cache) ``zoo:shapes-p90``, a tiny LLaVA trained with a 90% language prior;
 2. audit it with every probe on the counter-prior split, where following the prior is always wrong;
 3. fine-tune it with a balancing recipe (LoRA, a fixed budget) and audit the result;
-4. write the reports and a before/after comparison, and print where they are with the verdicts.
+4. write the reports and a before/after comparison, and say where they are with the verdicts.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 MODEL = "zoo:shapes-p90"
 AUDIT_DATA = "synth:shapes-p90/test-cp"
@@ -18,7 +22,8 @@ DEMO_RECIPE = "miles"
 STEPS = 200
 
 
-def run_demo(args) -> int:
+def run_demo(args, say: Callable[[str], None] = logger.info) -> int:
+    """Run the four steps; ``say`` receives the progress lines (the CLI prints them, a library caller logs them)."""
     from mbias.diagnose.cli import verdict_line
     from mbias.diagnose.config import AuditConfig
     from mbias.diagnose.runner import run_audit
@@ -32,28 +37,28 @@ def run_demo(args) -> int:
     progress = not args.no_progress
     n = 40 if args.quick else 120
     t0 = time.perf_counter()
-    print(f"[1/4] zoo model {MODEL} (a tiny LLaVA trained from scratch with a 90% language prior; cached after "
-          "the first run)", flush=True)
+    say(f"[1/4] zoo model {MODEL} (a tiny LLaVA trained from scratch with a 90% language prior; cached after "
+        "the first run)")
     zoo_model_path(MODEL.removeprefix("zoo:"), progress=progress)
 
-    print(f"[2/4] auditing it on {AUDIT_DATA} ({n} samples, all probes)", flush=True)
+    say(f"[2/4] auditing it on {AUDIT_DATA} ({n} samples, all probes)")
     config = AuditConfig(max_samples=n, probe_config={"mm_shap": {"n_permutations": 10}})
     before = run_audit(MODEL, AUDIT_DATA, out / "audit-before", config=config, progress=progress, overwrite=True)
-    print("      " + verdict_line(before, str(out / "audit-before" / "report.html")), flush=True)
+    say("      " + verdict_line(before, str(out / "audit-before" / "report.html")))
 
-    print(f"[3/4] fine-tuning it on {TRAIN_DATA} with the {DEMO_RECIPE} recipe ({STEPS} LoRA steps; on this "
-          "benchmark it does as well as plain LoRA and no better, see docs/recipes.md)", flush=True)
-    config_ft = FinetuneConfig(recipe=DEMO_RECIPE, max_steps=STEPS // 4 if args.quick else STEPS, batch_size=32,
-                               lr=1e-3)
+    steps = STEPS // 4 if args.quick else STEPS
+    say(f"[3/4] fine-tuning it on {TRAIN_DATA} with the {DEMO_RECIPE} recipe ({steps} LoRA steps; on this "
+        "benchmark it does as well as plain LoRA and no better, see docs/recipes.md)")
+    config_ft = FinetuneConfig(recipe=DEMO_RECIPE, max_steps=steps, batch_size=32, lr=1e-3)
     adapter_dir = run_finetune(MODEL, TRAIN_DATA, out / "finetune", config=config_ft, progress=progress)
 
-    print(f"[4/4] auditing the fine-tuned model on {AUDIT_DATA}", flush=True)
+    say(f"[4/4] auditing the fine-tuned model on {AUDIT_DATA}")
     after = run_audit(MODEL, AUDIT_DATA, out / "audit-after", config=config, progress=progress, overwrite=True,
                       load=LoadOptions(adapter=str(adapter_dir)))
-    print("      " + verdict_line(after, str(out / "audit-after" / "report.html")), flush=True)
+    say("      " + verdict_line(after, str(out / "audit-after" / "report.html")))
     compare = render_compare(out / "audit-before", out / "audit-after", out / "compare.html")
-    print(f"counter-prior accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}; language share "
-          f"{before['verdict']['language_share']:.2f} -> {after['verdict']['language_share']:.2f}")
-    print(f"done in {time.perf_counter() - t0:.0f} s; reports: {out / 'audit-before' / 'report.html'}, "
-          f"{out / 'audit-after' / 'report.html'}, {compare}")
+    say(f"counter-prior accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}; language share "
+        f"{before['verdict']['language_share']:.2f} -> {after['verdict']['language_share']:.2f}")
+    say(f"done in {time.perf_counter() - t0:.0f} s; reports: {out / 'audit-before' / 'report.html'}, "
+        f"{out / 'audit-after' / 'report.html'}, {compare}")
     return 0

@@ -54,11 +54,11 @@ def verdict_sentence(summary: dict) -> str:
     word = {"language": "relies mostly on the question text", "vision": "relies mostly on the image",
             "balanced": "uses image and text in balance (no side's interval clears the margin)"}[v["dominant_modality"]]
     if v.get("leaning"):
-        side = "the question text" if v["leaning"] == "language" else "the image"
-        word = (f"leans on {side}, within the margin (the interval lies above 0.5 but does not clear "
-                f"{0.5 + v.get('margin', 0.05):.2f})" if v["leaning"] == "language" else
-                f"leans on {side}, within the margin (the interval lies below 0.5 but does not clear "
-                f"{0.5 - v.get('margin', 0.05):.2f})")
+        language = v["leaning"] == "language"
+        side, where = ("the question text", "above") if language else ("the image", "below")
+        bound = 0.5 + v.get("margin", 0.05) * (1 if language else -1)
+        word = (f"leans on {side}, within the margin (the interval lies {where} 0.5 but does not clear "
+                f"{bound:.2f})")
     return (f"The model {word}: language share {fmt({'mean': v['language_share'], 'ci95': v['ci95']})} "
             f"(95% interval, {v['rests_on']}).")
 

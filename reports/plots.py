@@ -51,6 +51,12 @@ def share_distribution(records: list[dict]) -> bytes | None:
     return _png(fig)
 
 
+def _error_bars(means: list[float], intervals: list) -> list[list[float]]:
+    """matplotlib's [below, above] distances from each mean to its 95% interval."""
+    return [[m - ci[0] for m, ci in zip(means, intervals, strict=True)],
+            [ci[1] - m for m, ci in zip(means, intervals, strict=True)]]
+
+
 def per_category(summary: dict) -> bytes | None:
     cats = summary.get("per_category") or {}
     rows = [(c, v) for c, v in cats.items() if "language_share" in v and v["language_share"]["mean"] is not None]
@@ -59,9 +65,8 @@ def per_category(summary: dict) -> bytes | None:
     fig, ax = _fig(6.4, 0.45 * len(rows) + 1.2)
     y = np.arange(len(rows))
     means = [v["language_share"]["mean"] for _, v in rows]
-    lo = [m - v["language_share"]["ci95"][0] for m, (_, v) in zip(means, rows, strict=True)]
-    hi = [v["language_share"]["ci95"][1] - m for m, (_, v) in zip(means, rows, strict=True)]
-    ax.barh(y, means, xerr=[lo, hi], color=LANG, alpha=0.8, capsize=3)
+    ax.barh(y, means, xerr=_error_bars(means, [v["language_share"]["ci95"] for _, v in rows]), color=LANG,
+            alpha=0.8, capsize=3)
     ax.set_yticks(y, [f"{c} (n={v['n']})" for c, v in rows])
     ax.axvline(0.5, color="black", lw=0.8, ls="--")
     ax.set_xlim(0, 1)
@@ -79,8 +84,7 @@ def ablation(summary: dict) -> bytes | None:
     fig, ax = _fig(6.4, 2.8)
     x = np.arange(len(names))
     colors = [GREY if n == "full" else (VIS if "image" in n else LANG) for n in names]
-    ax.bar(x, means, yerr=[[m - c[0] for m, c in zip(means, ci, strict=True)],
-                           [c[1] - m for m, c in zip(means, ci, strict=True)]], color=colors, capsize=3)
+    ax.bar(x, means, yerr=_error_bars(means, ci), color=colors, capsize=3)
     ax.set_xticks(x, [n.replace("_", " ") for n in names], fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")

@@ -6,12 +6,27 @@ decides how one step turns a batch into gradients. The default step is plain SFT
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 from mbias.finetune.data import answer_forward
 
+from mbias.errors import ConfigError
 from mbias.registry import Registry
+
+
+@dataclass
+class ModulationConfig:
+    """The setting every gradient-modulation recipe shares: how ``Recipe.modulated_backward`` applies a factor."""
+
+    mode: str = field(default="update", metadata={"help": "update: scale the group's learning rate for the step "
+                                                          "(survives Adam); gradient: scale the gradient (as the "
+                                                          "paper, with SGD)"})
+
+    def __post_init__(self):
+        if self.mode not in ("update", "gradient"):
+            raise ConfigError(f"mode must be update or gradient, not {self.mode!r}")
 
 
 class Recipe:

@@ -22,16 +22,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from mbias.finetune.data import answer_forward
-from mbias.finetune.recipes.base import RECIPES, Recipe
+from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 from mbias.errors import ConfigError
 
 
 @dataclass
-class CGGMConfig:
-    mode: str = field(default="update", metadata={"help": "update: scale the group's learning rate for the step "
-                                                          "(survives Adam); gradient: scale the gradient (as the "
-                                                          "paper, with SGD)"})
+class CGGMConfig(ModulationConfig):
     rho: float = field(default=1.3, metadata={"help": "gradient scale multiplier"})
     lam: float = field(default=0.1, metadata={"help": "weight of the direction term"})
     clip: float = field(default=0.8, metadata={"help": "gradient clipping norm (replaces max_grad_norm)"})
@@ -41,6 +38,7 @@ class CGGMConfig:
     s_min: float = field(default=1e-3, metadata={"help": "no modulation while |S| is below this"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.rho <= 0 or self.b_max <= 0 or self.clip <= 0:
             raise ConfigError("rho, b_max and clip must be positive")
 

@@ -18,16 +18,13 @@ from dataclasses import dataclass, field
 
 import torch
 from mbias.finetune.data import answer_forward
-from mbias.finetune.recipes.base import RECIPES, Recipe
+from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 from mbias.errors import ConfigError
 
 
 @dataclass
-class OGMGEConfig:
-    mode: str = field(default="update", metadata={"help": "update: scale the group's learning rate for the step "
-                                                          "(survives Adam); gradient: scale the gradient (as the "
-                                                          "paper, with SGD)"})
+class OGMGEConfig(ModulationConfig):
     alpha: float = field(default=0.5, metadata={"help": "modulation strength (the paper uses 0.1-0.8)"})
     offset: float = field(default=0.0, metadata={"help": "k = 1 - tanh(alpha * relu(rho - offset)); 0 as in the "
                                                          "released code, 1 as in its first version"})
@@ -37,6 +34,7 @@ class OGMGEConfig:
     end_step: int | None = field(default=None, metadata={"help": "last step with modulation (None: to the end)"})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.alpha < 0:
             raise ConfigError(f"alpha must be >= 0; got {self.alpha}")
         if self.noise not in ("both", "dominant", "none"):
