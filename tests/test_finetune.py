@@ -197,3 +197,15 @@ def test_msam_weights():
     assert phi_img.tolist() == [1.0, 0.5] and phi_txt.tolist() == [0.0, 0.5]
     w = modality_weights(phi_img, phi_txt)
     assert w.tolist() == [[1.0, 0.0], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize("recipe", ["cggm", "ogm_ge"])
+def test_a_misspelt_modulation_mode_is_refused(recipe):
+    from mbias.finetune.recipes import RECIPES
+
+    from mbias.errors import ConfigError
+
+    config_class = RECIPES.get(recipe).config_class
+    assert config_class(mode="gradient").mode == "gradient"
+    with pytest.raises(ConfigError, match="mode must be update or gradient"):
+        config_class(mode="gradent")
