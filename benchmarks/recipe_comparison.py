@@ -75,6 +75,7 @@ def main() -> None:
 
     from mbias.finetune.config import FinetuneConfig
     from mbias.finetune.run import run_finetune
+    from mbias.zoo import zoo_entry
 
     runs = [(r, r, {}) for r in args.recipes.split(",") if r]
     for v in args.variant:
@@ -92,8 +93,9 @@ def main() -> None:
             data = recipe_config.get("data", "synth:shapes-p90/train")
             rc = {k: v for k, v in recipe_config.items() if not k.startswith("ft.") and k != "data"}
             # A finished run with the same settings is reused, so an interrupted comparison resumes where it stopped.
+            # The zoo model's own key is part of it: a rebuilt zoo (new training config) must not reuse old runs.
             key = {"recipe": recipe, "recipe_config": rc, "ft": ft, "steps": args.steps, "lr": args.lr, "seed": seed,
-                   "n_eval": args.n_eval, "n_audit": args.n_audit}
+                   "n_eval": args.n_eval, "n_audit": args.n_audit, "base_model": zoo_entry("shapes-p90").key()}
             if data != "synth:shapes-p90/train":
                 key["data"] = data
             cached = out / "comparison-eval.json"

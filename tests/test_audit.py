@@ -172,6 +172,20 @@ def test_a_different_config_on_an_existing_folder_is_refused(tiny_llava, tmp_pat
                   "--overwrite") == 0
 
 
+def test_a_rebuilt_zoo_model_does_not_resume_the_old_models_results(monkeypatch):
+    import dataclasses
+
+    import mbias.zoo
+    from diagnose.config import AuditConfig
+
+    config = AuditConfig()
+    before = config.fingerprint("zoo:shapes-p90", None, "synth:shapes-p90/test-cp")
+    entry = mbias.zoo.zoo_entry("shapes-p90")
+    retrained = dataclasses.replace(entry, train=dataclasses.replace(entry.train, steps=entry.train.steps + 1))
+    monkeypatch.setattr(mbias.zoo, "zoo_entry", lambda name: retrained)
+    assert config.fingerprint("zoo:shapes-p90", None, "synth:shapes-p90/test-cp") != before
+
+
 def test_torn_last_line_is_repaired(tmp_path):
     from mbias.diagnose.store import read_records
 
