@@ -1,7 +1,8 @@
 """Zoo ground truth: build every zoo model and evaluate it on the three test splits.
 
-Shows that the planted prior is real: as p grows, counter-prior (test-cp) accuracy falls and in-distribution
-(test-id) accuracy rises. Also records each model's build time (the zoo promises <= 2 minutes on 2 CPU cores).
+Shows whether the planted prior is real: counter-prior (test-cp) accuracy against p, in-distribution (test-id)
+and balanced accuracy beside it. Also records each model's build time (the zoo promises <= 2 minutes on 2 CPU
+cores).
 
     python benchmarks/zoo_table.py [--force] [--n 500]
 

@@ -70,7 +70,7 @@ def model_dir(entry: ZooEntry) -> Path:
 
 
 def zoo_model_path(name: str, *, build: bool = True, progress: bool = True) -> Path:
-    """The cached folder of ``zoo:name``, building it first if needed (about a minute on CPU)."""
+    """The cached folder of ``zoo:name``, building it first if needed (about 90 s on a 2-core CPU)."""
     entry = zoo_entry(name)
     path = model_dir(entry)
     if (path / "zoo.json").exists():
@@ -100,7 +100,7 @@ def build_zoo_model(name: str, *, force: bool = False, progress: bool = True) ->
     with _lock(final.parent / f".{entry.name}.lock"):
         if (final / "zoo.json").exists() and not force:
             return final
-        logger.info("building zoo:%s (a tiny LLaVA trained from scratch; about a minute on CPU)", name)
+        logger.info("building zoo:%s (a tiny LLaVA trained from scratch; about 90 s on a 2-core CPU)", name)
         tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
