@@ -19,7 +19,7 @@ MODEL = "zoo:shapes-p90"
 AUDIT_DATA = "synth:shapes-p90/test-cp"
 TRAIN_DATA = "synth:shapes-p90/train"
 DEMO_RECIPE = "miles"
-STEPS = 200
+STEPS = 100
 
 
 def run_demo(args, say: Callable[[str], None] = logger.info) -> int:
@@ -35,7 +35,7 @@ def run_demo(args, say: Callable[[str], None] = logger.info) -> int:
 
     out = Path(args.out)
     progress = not args.no_progress
-    n = 40 if args.quick else 120
+    n = 30 if args.quick else 60  # 60 keeps a fresh-clone demo (install + zoo build + this) under 5 minutes
     t0 = time.perf_counter()
     say(f"[1/4] zoo model {MODEL} (a tiny LLaVA trained from scratch with a 90% language prior; cached after "
         "the first run)")
