@@ -24,8 +24,8 @@ class ZooTrainConfig:
     image_size: int = field(default=32, metadata={"help": "image side in pixels (the synthetic scenes' size)"})
     patch_size: int = field(default=8, metadata={"help": "ViT patch side: each scene object covers 2x2 patches"})
     # 800, not fewer: at 500 steps whether the ViT had learned shapes was seed luck (p00 shape accuracy 0.80,
-    # 0.64, 0.56 for seeds 0-2), which made the unbiased model look worse than the p50 one; at 800 two seeds of
-    # p00 reach 0.99-1.00 on every question type and the p90 prior still survives (test-cp 0.40)
+    # 0.64, 0.56 for seeds 0-2), which made the unbiased model look worse than the p50 one; at 800 p00 reaches
+    # test-cp 0.987-1.000 for seeds 0-2 and the p90 prior still survives (test-cp 0.43 and 0.18, seeds 0 and 1)
     steps: int = field(default=800, metadata={"help": "optimizer steps (a fixed budget: the planted prior must survive it)"})
     batch_size: int = field(default=64, metadata={"help": "examples per step"})
     lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate (cosine decay, linear warm-up)"})
