@@ -23,6 +23,7 @@ import numpy as np
 
 OUT = Path(__file__).parent / "results"
 WORK = Path("/tmp/mbias-recipe-comparison")
+BASE_MODEL, TRAIN_DATA = "zoo:shapes-p90", "synth:shapes-p90/train"
 
 
 def hierarchical(values: dict[int, np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -44,7 +45,7 @@ def evaluate(adapter_dir: Path, n_eval: int, n_audit: int) -> dict:
     from mbias.models import load_adapter
     from mbias.synth import load_synth
 
-    adapter = load_adapter("zoo:shapes-p90", adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
+    adapter = load_adapter(BASE_MODEL, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
     out = {}
     for split in ("test-cp", "test-id"):
         ds = load_synth(f"shapes-p90/{split}")
@@ -75,7 +76,7 @@ def main() -> None:
 
     from mbias.finetune.config import FinetuneConfig
     from mbias.finetune.run import run_finetune
-    from mbias.zoo import zoo_entry
+    from mbias.zoo import model_identity
 
     runs = [(r, r, {}) for r in args.recipes.split(",") if r]
     for v in args.variant:
@@ -90,13 +91,13 @@ def main() -> None:
             out = WORK / f"{name}-s{seed}"
             t0 = time.perf_counter()
             ft = {k[3:]: v for k, v in recipe_config.items() if k.startswith("ft.")}
-            data = recipe_config.get("data", "synth:shapes-p90/train")
+            data = recipe_config.get("data", TRAIN_DATA)
             rc = {k: v for k, v in recipe_config.items() if not k.startswith("ft.") and k != "data"}
             # A finished run with the same settings is reused, so an interrupted comparison resumes where it stopped.
-            # The zoo model's own key is part of it: a rebuilt zoo (new training config) must not reuse old runs.
+            # The base model's identity is part of it: a rebuilt zoo (new training config) must not reuse old runs.
             key = {"recipe": recipe, "recipe_config": rc, "ft": ft, "steps": args.steps, "lr": args.lr, "seed": seed,
-                   "n_eval": args.n_eval, "n_audit": args.n_audit, "base_model": zoo_entry("shapes-p90").key()}
-            if data != "synth:shapes-p90/train":
+                   "n_eval": args.n_eval, "n_audit": args.n_audit, "base_model": model_identity(BASE_MODEL)}
+            if data != TRAIN_DATA:
                 key["data"] = data
             cached = out / "comparison-eval.json"
             saved = json.loads(cached.read_text()) if cached.exists() else None
@@ -104,7 +105,7 @@ def main() -> None:
                 timing[name].append(saved["seconds_per_step"])
                 results[name][seed] = saved["result"]
             else:
-                run_finetune("zoo:shapes-p90", data, out, progress=False, config=FinetuneConfig(
+                run_finetune(BASE_MODEL, data, out, progress=False, config=FinetuneConfig(
                     recipe=recipe, max_steps=args.steps, lr=args.lr, batch_size=32, seed=seed, recipe_config=rc,
                     **ft))
                 timing[name].append(json.loads((out / "recipe.json").read_text())["seconds_per_step"])

@@ -74,12 +74,17 @@ def make_user_input(adapter, prepared, grid: int):
     return ImageAndTextInput()
 
 
-def captum_user_path(adapter, prepared, grid: int, n_samples: int, seed: int) -> np.ndarray:
+def captum_setup(adapter, prepared, grid: int):
+    """The joint input and the attribution object, as a captum user builds them."""
     from captum.attr import LLMAttribution, ShapleyValueSampling
 
+    return make_user_input(adapter, prepared, grid), LLMAttribution(ShapleyValueSampling(adapter.model),
+                                                                    adapter.tokenizer)
+
+
+def captum_user_path(adapter, prepared, grid: int, n_samples: int, seed: int) -> np.ndarray:
     torch.manual_seed(seed)
-    inp = make_user_input(adapter, prepared, grid)
-    llm_attr = LLMAttribution(ShapleyValueSampling(adapter.model), adapter.tokenizer)
+    inp, llm_attr = captum_setup(adapter, prepared, grid)
     with torch.no_grad():
         # use_cached_outputs=False: with captum 0.9's default (True) and transformers 5, captum's cached decoding
         # path calls prepare_inputs_for_generation, which drops pixel_values, so every coalition scores the model
@@ -91,10 +96,7 @@ def captum_user_path(adapter, prepared, grid: int, n_samples: int, seed: int) ->
 def check_same_game(adapter, prepared, grid: int, value_fn, n: int, n_checks: int = 4) -> None:
     """captum's forward and mbias's value function must score the same coalitions alike, or errors against the
     exact values compare different games."""
-    from captum.attr import LLMAttribution, ShapleyValueSampling
-
-    inp = make_user_input(adapter, prepared, grid)
-    llm_attr = LLMAttribution(ShapleyValueSampling(adapter.model), adapter.tokenizer)
+    inp, llm_attr = captum_setup(adapter, prepared, grid)
     rng = np.random.default_rng(0)
     masks = [np.zeros(n, bool), np.ones(n, bool)] + [rng.random(n) < 0.5 for _ in range(n_checks - 2)]
     for m in masks:

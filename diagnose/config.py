@@ -53,11 +53,10 @@ class AuditConfig:
         d = self.to_dict()
         d.pop("max_samples")
         d.pop("report_examples")
-        if model.startswith("zoo:"):  # a zoo name stays the same when its training config changes; its key does not
-            from mbias.zoo import zoo_entry
+        from mbias.zoo import model_identity
 
-            model = f"{model}@{zoo_entry(model.removeprefix('zoo:')).key()}"
-        blob = json.dumps({"config": d, "model": model, "adapter": adapter_path, "data": data}, sort_keys=True)
+        blob = json.dumps({"config": d, "model": model_identity(model), "adapter": adapter_path, "data": data},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

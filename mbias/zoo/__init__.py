@@ -69,6 +69,14 @@ def model_dir(entry: ZooEntry) -> Path:
     return cache_root() / "zoo" / f"{entry.name}-{entry.key()}"
 
 
+def model_identity(ref: str) -> str:
+    """What a model reference stands for, for caches and resume checks: ``zoo:NAME`` keeps its name when its
+    training config changes, so it becomes ``zoo:NAME@KEY``; any other reference is returned as given."""
+    if not ref.startswith("zoo:"):
+        return ref
+    return f"{ref}@{zoo_entry(ref.removeprefix('zoo:')).key()}"
+
+
 def zoo_model_path(name: str, *, build: bool = True, progress: bool = True) -> Path:
     """The cached folder of ``zoo:name``, building it first if needed (about 90 s on a 2-core CPU)."""
     entry = zoo_entry(name)
