@@ -51,6 +51,24 @@ def test_every_question_type_is_present_with_its_choices():
     assert ex.answer in ex.choices and ex.choices == list(ANSWERS[ex.category])
 
 
+def test_a_faint_object_is_drawn_between_its_colour_and_the_background():
+    import numpy as np
+
+    from mbias.synth.scenes import COLOURS, Obj, draw_scene
+
+    def pixels(contrast):
+        img = draw_scene([Obj("square", "blue", 0, 0, contrast=contrast)], 32, np.random.default_rng(3))
+        return np.asarray(img, dtype=float)
+
+    full, faint, background = pixels(1.0), pixels(0.1), pixels(0.0)
+    centre = (8, 8)  # inside the square in the top-left cell
+    assert tuple(full[centre]) == COLOURS["blue"]
+    shade = background[centre]
+    assert shade[0] == shade[1] == shade[2]  # contrast 0: the object takes the (grey) background shade
+    gap_faint, gap_full = np.abs(faint[centre] - shade), np.abs(full[centre] - shade)
+    assert 0 < gap_faint.max() < 0.2 * gap_full.max()
+
+
 def test_unknown_synthetic_name_lists_the_valid_ones():
     with pytest.raises(DataError) as err:
         load_data("synth:shapes-p42/train")
