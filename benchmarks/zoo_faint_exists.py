@@ -7,9 +7,9 @@ language prior pays off in-distribution. The script rebuilds all five zoo models
 cache folder, so they never mix with the shipped ones), evaluates them like zoo_table.py, and measures the
 language share like zoo_probe_shares.py, overall and split by question type.
 
-    python benchmarks/zoo_faint_exists.py [--n 500] [--n-shares 200]     # about 10 minutes on 2 CPU cores
+    python benchmarks/zoo_faint_exists.py [--contrast 0.02 0.15] [--n 500] [--n-shares 200]   # ~10 min, 2 CPUs
 
-Writes benchmarks/results/zoo_faint_exists.json and .md.
+Writes benchmarks/results/zoo_faint_exists.json and .md (other contrasts: zoo_faint_exists-LO-HI.*).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 OUT = Path(__file__).parent / "results"
-CONTRAST = (0.02, 0.15)
+DEFAULT_CONTRAST = (0.02, 0.15)
 
 
-def use_faint_existence_objects() -> None:
-    """Patch the synthetic generator: existence objects get a contrast drawn from CONTRAST."""
+def use_faint_existence_objects(contrast: tuple[float, float]) -> None:
+    """Patch the synthetic generator: existence objects get a contrast drawn uniformly from ``contrast``."""
     import mbias.synth as synth
     from mbias.zoo import cache_root
 
@@ -35,20 +35,23 @@ def use_faint_existence_objects() -> None:
     def faint(category, rng, mode, prior):
         question, answer, cue, objects = original(category, rng, mode, prior)
         if category == "exists":
-            objects = [dataclasses.replace(o, contrast=float(rng.uniform(*CONTRAST))) for o in objects]
+            objects = [dataclasses.replace(o, contrast=float(rng.uniform(*contrast))) for o in objects]
         return question, answer, cue, objects
 
     synth._make_question = faint
-    synth.SYNTH_VERSION = f"{synth.SYNTH_VERSION}-faint-exists-{CONTRAST}"  # a different key for every model
+    synth.SYNTH_VERSION = f"{synth.SYNTH_VERSION}-faint-exists-{contrast}"  # a different key for every model
     os.environ["MBIAS_CACHE"] = str(cache_root() / "experiments" / "faint-exists")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contrast", type=float, nargs=2, default=DEFAULT_CONTRAST, metavar=("LO", "HI"),
+                    help="range of the existence objects' contrast (0 = invisible, 1 = the shipped zoo)")
     ap.add_argument("--n", type=int, default=500, help="examples per test split")
     ap.add_argument("--n-shares", type=int, default=200, help="test-balanced samples for modality_shapley")
     args = ap.parse_args()
-    use_faint_existence_objects()
+    contrast = tuple(args.contrast)
+    use_faint_existence_objects(contrast)
 
     from scipy.stats import spearmanr
 
@@ -89,10 +92,13 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if "/" not in k}), flush=True)
 
     rho = float(spearmanr([r["language_share"]["mean"] for r in rows], [1 - r["test-cp"] for r in rows])[0])
-    command = "python benchmarks/zoo_faint_exists.py" + (f" --n {args.n}" if args.n != 500 else "")
+    default = contrast == DEFAULT_CONTRAST
+    command = ("python benchmarks/zoo_faint_exists.py" + ("" if default else f" --contrast {contrast[0]} {contrast[1]}")
+               + (f" --n {args.n}" if args.n != 500 else ""))
+    stem = "zoo_faint_exists" if default else f"zoo_faint_exists-{contrast[0]}-{contrast[1]}"
     OUT.mkdir(exist_ok=True)
-    (OUT / "zoo_faint_exists.json").write_text(json.dumps(
-        {"command": command, "contrast": CONTRAST, "n": args.n, "n_shares": args.n_shares, "rows": rows,
+    (OUT / f"{stem}.json").write_text(json.dumps(
+        {"command": command, "contrast": contrast, "n": args.n, "n_shares": args.n_shares, "rows": rows,
          "spearman_share_vs_cp_error": rho, "date": time.strftime("%Y-%m-%d")}, indent=2))
 
     def fmt(s):
@@ -100,7 +106,7 @@ def main() -> None:
 
     lines = [f"# Experiment: faint existence objects ({time.strftime('%Y-%m-%d')})", "",
              f"`{command}`: the five zoo models rebuilt on data whose existence questions show an object at "
-             f"{CONTRAST[0]:.0%}-{CONTRAST[1]:.0%} contrast (not the shipped zoo). Accuracy on {args.n} examples "
+             f"{contrast[0]:.0%}-{contrast[1]:.0%} contrast (not the shipped zoo). Accuracy on {args.n} examples "
              f"per split; language share = modality_shapley on {args.n_shares} test-balanced samples, mean [95% "
              "bootstrap CI], overall and split into existence questions and the rest.", "",
              "| prior p | test-id | test-cp | test-balanced | exists, test-balanced | language share | "
@@ -110,8 +116,8 @@ def main() -> None:
                      f"{r['test-balanced/per_category']['exists']:.2f} | {fmt(r['language_share'])} | "
                      f"{fmt(r['language_share/exists'])} | {fmt(r['language_share/other'])} |")
     lines += ["", f"Spearman correlation between language share and counter-prior error: {rho:.2f}"]
-    (OUT / "zoo_faint_exists.md").write_text("\n".join(lines) + "\n")
-    print((OUT / "zoo_faint_exists.md").read_text())
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print((OUT / f"{stem}.md").read_text())
 
 
 if __name__ == "__main__":
