@@ -53,10 +53,11 @@ def main() -> None:
     contrast = tuple(args.contrast)
     use_faint_existence_objects(contrast)
 
+    from mbias.probes import PROBES, SampleContext
+    from mbias.reports.content import fmt
     from scipy.stats import spearmanr
 
     from mbias.models import load_adapter
-    from mbias.probes import PROBES, SampleContext
     from mbias.synth import PRIORS, load_synth
     from mbias.zoo import build_zoo_model
     from mbias.zoo.train import choice_accuracy
@@ -68,26 +69,25 @@ def main() -> None:
         adapter = load_adapter(str(build_zoo_model(name, progress=False)), device="cpu")
         row = {"model": f"zoo:{name} (faint existence objects)", "prior": prior,
                "build_or_load_seconds": round(time.perf_counter() - t0, 1)}
-        for split in ("test-id", "test-cp", "test-balanced"):
-            ds = load_synth(f"{name}/{split}")
+        splits = {split: load_synth(f"{name}/{split}") for split in ("test-id", "test-cp", "test-balanced")}
+        for split, ds in splits.items():
             res = choice_accuracy(adapter, [ds[i] for i in range(args.n)])
             row[split] = round(res["accuracy"], 4)
             row[f"{split}/per_category"] = {k: round(v, 3) for k, v in res["per_category"].items()}
-        ds = load_synth(f"{name}/test-balanced")
+        ds = splits["test-balanced"]
         probe = PROBES.get("modality_shapley")()
         recs, cats = [], []
         for i in range(args.n_shares):
-            ctx = SampleContext(adapter, adapter.prepare(ds[i]), run_seed=0, swap_image=ds[(i + 1) % len(ds)].image)
+            example = ds[i]
+            ctx = SampleContext(adapter, adapter.prepare(example), run_seed=0, swap_image=ds[(i + 1) % len(ds)].image)
             recs.append(probe.run(ctx))
-            cats.append(ds[i].category)
+            cats.append(example.category)
 
-        def share(keep):
-            picked = [(r, str(i)) for i, (r, c) in enumerate(zip(recs, cats)) if keep(c)]
-            return probe.summarize([r for r, _ in picked], [g for _, g in picked])["language_share"]
-
-        row["language_share"] = share(lambda c: True)
-        row["language_share/exists"] = share(lambda c: c == "exists")
-        row["language_share/other"] = share(lambda c: c != "exists")
+        picks = {"language_share": range(len(cats)),
+                 "language_share/exists": [i for i, c in enumerate(cats) if c == "exists"],
+                 "language_share/other": [i for i, c in enumerate(cats) if c != "exists"]}
+        for field_name, picked in picks.items():
+            row[field_name] = probe.summarize([recs[i] for i in picked], [str(i) for i in picked])["language_share"]
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if "/" not in k}), flush=True)
 
@@ -101,9 +101,6 @@ def main() -> None:
         {"command": command, "contrast": contrast, "n": args.n, "n_shares": args.n_shares, "rows": rows,
          "spearman_share_vs_cp_error": rho, "date": time.strftime("%Y-%m-%d")}, indent=2))
 
-    def fmt(s):
-        return f"{s['mean']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
-
     lines = [f"# Experiment: faint existence objects ({time.strftime('%Y-%m-%d')})", "",
              f"`{command}`: the five zoo models rebuilt on data whose existence questions show an object at "
              f"{contrast[0]:.0%}-{contrast[1]:.0%} contrast (not the shipped zoo). Accuracy on {args.n} examples "
@@ -113,8 +110,8 @@ def main() -> None:
              "share, exists | share, other questions |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['prior']:.2f} | {r['test-id']:.3f} | {r['test-cp']:.3f} | {r['test-balanced']:.3f} | "
-                     f"{r['test-balanced/per_category']['exists']:.2f} | {fmt(r['language_share'])} | "
-                     f"{fmt(r['language_share/exists'])} | {fmt(r['language_share/other'])} |")
+                     f"{r['test-balanced/per_category']['exists']:.2f} | {fmt(r['language_share'], 3)} | "
+                     f"{fmt(r['language_share/exists'], 3)} | {fmt(r['language_share/other'], 3)} |")
     lines += ["", f"Spearman correlation between language share and counter-prior error: {rho:.2f}"]
     (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print((OUT / f"{stem}.md").read_text())

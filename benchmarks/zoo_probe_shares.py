@@ -27,6 +27,7 @@ def main() -> None:
 
     from mbias.probes import PROBES, SampleContext
     from mbias.probes.mm_shap import MMShapConfig
+    from mbias.reports.content import fmt
 
     from mbias.models import load_adapter
     from mbias.synth import PRIORS, load_synth
@@ -70,9 +71,6 @@ def main() -> None:
         {"command": "python benchmarks/zoo_probe_shares.py", "n": args.n, "n_mm": args.n_mm, "rows": rows,
          "spearman_share_vs_cp_error": rho}, indent=2))
 
-    def fmt(stat):
-        return f"{stat['mean']:.3f} [{stat['ci95'][0]:.3f}, {stat['ci95'][1]:.3f}]"
-
     lines = ["# Probes on the zoo: language share vs planted prior", "",
              f"`python benchmarks/zoo_probe_shares.py`: synth:shapes-pNN/test-balanced, modality_shapley on "
              f"{args.n} samples, mm_shap (10 antithetic permutations) on {args.n_mm}; mean [95% bootstrap CI].", "",
@@ -83,9 +81,9 @@ def main() -> None:
              "language share (accuracy) | T-SHAP | T-SHAP per player |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         err = "n/a" if r["test_cp_error"] is None else f"{r['test_cp_error']:.3f}"
-        lines.append(f"| {r['model']} | {r['prior']:.2f} | {err} | {fmt(r['language_share'])} | "
-                     f"{fmt(r['language_share_logprob'])} | {fmt(r['language_share_acc'])} | {fmt(r['t_shap'])} | "
-                     f"{fmt(r['t_shap_per_player'])} |")
+        lines.append(f"| {r['model']} | {r['prior']:.2f} | {err} | {fmt(r['language_share'], 3)} | "
+                     f"{fmt(r['language_share_logprob'], 3)} | {fmt(r['language_share_acc'], 3)} | "
+                     f"{fmt(r['t_shap'], 3)} | {fmt(r['t_shap_per_player'], 3)} |")
     if rho is not None:
         lines += ["", f"Spearman correlation between language share and counter-prior error: {rho:.2f}"]
     (OUT / "zoo_probe_shares.md").write_text("\n".join(lines) + "\n")

@@ -60,10 +60,10 @@ def test_a_faint_object_is_drawn_between_its_colour_and_the_background():
         img = draw_scene([Obj("square", "blue", 0, 0, contrast=contrast)], 32, np.random.default_rng(3))
         return np.asarray(img, dtype=float)
 
-    full, faint, background = pixels(1.0), pixels(0.1), pixels(0.0)
+    full, faint, vanished = pixels(1.0), pixels(0.1), pixels(0.0)
     centre = (8, 8)  # inside the square in the top-left cell
     assert tuple(full[centre]) == COLOURS["blue"]
-    shade = background[centre]
+    shade = vanished[centre]
     assert shade[0] == shade[1] == shade[2]  # contrast 0: the object takes the (grey) background shade
     gap_faint, gap_full = np.abs(faint[centre] - shade), np.abs(full[centre] - shade)
     assert 0 < gap_faint.max() < 0.2 * gap_full.max()

@@ -56,7 +56,7 @@ def draw_scene(objects: list[Obj], size: int, rng: np.random.Generator):
         cx = (obj.col + 0.5) * cell + float(rng.uniform(-0.05, 0.05)) * cell
         colour = COLOURS[obj.colour]
         if obj.contrast < 1.0:
-            colour = tuple(int(round(shade + obj.contrast * (c - shade))) for c in colour)
+            colour = tuple(round(shade + obj.contrast * (c - shade)) for c in colour)
         _draw_shape(draw, obj.shape, cx, cy, half, colour)
     return img
 
