@@ -6,7 +6,10 @@ never sees:
   (``mb_text_masked_ids``) and the whole-image baseline's vision inputs (``mb_blank__<key>``), same sequence
   length, so one layout serves the full, image-only and text-only passes;
 - a label space for recipes that need class distributions: the first token of each choice
-  (``mb_choice_tokens``, padded, ``mb_choice_valid``) and the gold choice (``mb_gold``).
+  (``mb_choice_tokens``, padded, ``mb_choice_valid``) and the gold choice (``mb_gold``);
+- the same examples prompted without any image (``mb_noimage__<key>``: no image tokens, so another sequence
+  length), for recipes whose bias expert is the model reading the question alone;
+- whatever the recipe adds per batch (``Recipe.collate_extra``), e.g. a prior table's answer distributions.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from mbias.models.batching import collate
 from mbias.models.types import normalize_answer
 
 MB = "mb_"
+NOIMAGE = MB + "noimage__"
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -48,9 +52,10 @@ def check_label_space(examples, recipe_name: str, limit: int = 200) -> None:
 
 
 class RecipeCollator:
-    def __init__(self, adapter, *, unimodal: bool = False, label_space: bool = False, image_baseline: str = "blank"):
+    def __init__(self, adapter, *, unimodal: bool = False, label_space: bool = False, image_baseline: str = "blank",
+                 no_image: bool = False, extra=None):
         self.adapter, self.unimodal, self.label_space = adapter, unimodal, label_space
-        self.image_baseline = image_baseline
+        self.image_baseline, self.no_image, self.extra = image_baseline, no_image, extra
 
     def __call__(self, encoded: list) -> dict:
         batch = collate(self.adapter, encoded)
@@ -65,8 +70,14 @@ class RecipeCollator:
                 for key in batch.model_inputs:
                     if key.startswith("pixel") or key in ("image_grid_thw", "image_sizes"):
                         out[f"{MB}blank__{key}"] = blank.model_inputs[key]
+        if self.no_image and encoded[0].has_image:
+            bare = collate(self.adapter, [self.adapter.encode(e.example, with_image=False) for e in encoded])
+            out.update({NOIMAGE + k: v for k, v in bare.model_inputs.items() if k != "labels"})
+            out[NOIMAGE + "answer_mask"] = bare.answer_mask
         if self.label_space:
             out.update(self._label_space(encoded))
+        if self.extra is not None:
+            out.update(self.extra(encoded))
         return out
 
     def _label_space(self, encoded: list) -> dict:
@@ -90,7 +101,12 @@ class RecipeCollator:
 
 def model_inputs(inputs: dict, variant: str = "full") -> dict:
     """The model's keyword arguments for a variant: ``full``, ``image_only`` (question masked), ``text_only``
-    (image replaced by the baseline) or ``none`` (both)."""
+    (image replaced by the baseline), ``none`` (both) or ``no_image`` (a prompt without image tokens)."""
+    if variant == "no_image":
+        if NOIMAGE + "input_ids" not in inputs:  # a text-only dataset: the full prompt has no image either
+            return model_inputs(inputs, "full")
+        return {k[len(NOIMAGE):]: v for k, v in inputs.items()
+                if k.startswith(NOIMAGE) and k != NOIMAGE + "answer_mask"}
     out = {k: v for k, v in inputs.items() if not k.startswith(MB) and k != "labels"}
     if variant in ("image_only", "none"):
         out["input_ids"] = inputs[MB + "text_masked_ids"]
@@ -101,29 +117,47 @@ def model_inputs(inputs: dict, variant: str = "full") -> dict:
     return out
 
 
-def answer_forward(model, inputs: dict, variant: str = "full", **forward_kwargs):
-    """(summed answer log-prob [B], answer token counts [B], logits at the first answer position [B, vocab]);
-    with ``output_hidden_states=True`` a fourth item, the model output.
+def answer_mask(inputs: dict, variant: str = "full") -> torch.Tensor:
+    """[B, L] True at the answer tokens of the variant's sequence."""
+    if variant == "no_image" and NOIMAGE + "answer_mask" in inputs:
+        return inputs[NOIMAGE + "answer_mask"]
+    return inputs[MB + "answer_mask"]
 
-    Logits are computed only where answer tokens are predicted (``logits_to_keep`` as a mask).
+
+def answer_logits(model, inputs: dict, variant: str = "full", **forward_kwargs):
+    """Logits at every position that predicts an answer token [T, vocab] (row-major over the batch), the answer
+    tokens they predict [T], each one's batch row [T], and the model output.
+
+    Logits are computed only where answer tokens are predicted (``logits_to_keep`` as a mask): the lm_head never
+    runs over the prompt.
     """
-    answer_mask = inputs[MB + "answer_mask"]
-    predicts = torch.zeros_like(answer_mask)
-    predicts[:, :-1] = answer_mask[:, 1:]
-    out = model(**model_inputs(inputs, variant), use_cache=False, logits_to_keep=predicts, **forward_kwargs)
-    logits = out.logits  # [T, V]
-    targets = inputs["input_ids"][answer_mask]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    rows = answer_mask.nonzero()[:, 0]
-    B = answer_mask.shape[0]
-    sums = torch.zeros(B, dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
-    counts = answer_mask.sum(-1)
+    mask = answer_mask(inputs, variant)
+    kwargs = model_inputs(inputs, variant)
+    predicts = torch.zeros_like(mask)
+    predicts[:, :-1] = mask[:, 1:]
+    out = model(**kwargs, use_cache=False, logits_to_keep=predicts, **forward_kwargs)
+    return out.logits, kwargs["input_ids"][mask], mask.nonzero()[:, 0], out
+
+
+def first_of_row(rows: torch.Tensor) -> torch.Tensor:
+    """[T] True at each batch row's first answer token."""
     first = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
     first[1:] = rows[1:] != rows[:-1]
+    return first
+
+
+def answer_forward(model, inputs: dict, variant: str = "full", **forward_kwargs):
+    """(summed answer log-prob [B], answer token counts [B], logits at the first answer position [B, vocab]);
+    with ``output_hidden_states=True`` a fourth item, the model output."""
+    logits, targets, rows, out = answer_logits(model, inputs, variant, **forward_kwargs)
+    token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    mask = answer_mask(inputs, variant)
+    sums = torch.zeros(mask.shape[0], dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
+    counts = mask.sum(-1)
+    first = logits[first_of_row(rows)]
     if forward_kwargs.get("output_hidden_states"):
-        return sums, counts, logits[first], out
-    return sums, counts, logits[first]
+        return sums, counts, first, out
+    return sums, counts, first
 
 
 def choice_logits(first_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
@@ -131,3 +165,11 @@ def choice_logits(first_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
     tokens, valid = inputs[MB + "choice_tokens"], inputs[MB + "choice_valid"]
     z = first_logits.float().gather(-1, tokens)
     return z.masked_fill(~valid, float("-inf"))
+
+
+def first_answer_state(out, inputs: dict) -> torch.Tensor:
+    """Final hidden state at the position predicting each example's first answer token [B, D] (needs a forward
+    pass with ``output_hidden_states=True``)."""
+    last = out.hidden_states[-1]
+    first_answer = inputs[MB + "answer_mask"].float().argmax(1)
+    return last[torch.arange(last.shape[0], device=last.device), first_answer - 1]

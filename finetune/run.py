@@ -91,6 +91,7 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     recipe_cls = RECIPES.get(config.recipe)
     recipe = recipe_cls(build_config(recipe_cls.config_class, config.recipe_config, where="recipe_config"))
     examples = load_data(data, on_error=on_error, max_samples=config.max_train_samples).examples
+    recipe.bind_data(examples)
     if recipe.needs_label_space:
         check_label_space(examples, config.recipe)
     eval_examples = None
@@ -132,7 +133,9 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     )
     trainer = BalancedTrainer(
         model=peft_model, args=args, train_dataset=dataset,
-        data_collator=RecipeCollator(adapter, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space),
+        data_collator=RecipeCollator(adapter, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space,
+                                     no_image=recipe.needs_no_image, image_baseline=recipe.image_baseline,
+                                     extra=recipe.collate_extra),
         recipe=recipe, modality_of=modality_of, log_path=log_path, adapter=adapter, eval_examples=eval_examples,
         resume_checkpoint=str(resume_from) if resume_from else None,
     )

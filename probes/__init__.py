@@ -4,9 +4,17 @@ The list of what exists is the imports below. ``DEFAULT_PROBES`` is what ``mbias
 ``--probes`` are given.
 """
 
-from mbias.probes import ablation, attention, degradation, mm_shap, modality_shapley, pdm  # noqa: F401 (registration)
+from mbias.probes import (  # noqa: F401 (registration)
+    ablation,
+    attention,
+    conflict,
+    degradation,
+    mm_shap,
+    modality_shapley,
+    pdm,
+)
 from mbias.probes.base import PROBES, Outcome, Probe, SampleContext, sample_seed
 
-DEFAULT_PROBES = ["modality_shapley", "mm_shap", "ablation", "attention", "degradation", "pdm"]
+DEFAULT_PROBES = ["modality_shapley", "conflict", "mm_shap", "ablation", "attention", "degradation", "pdm"]
 
 __all__ = ["DEFAULT_PROBES", "PROBES", "Outcome", "Probe", "SampleContext", "sample_seed"]

@@ -6,6 +6,7 @@ decides how one step turns a batch into gradients. The default step is plain SFT
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,6 +35,8 @@ class Recipe:
     config_class: ClassVar[type] = type(None)
     needs_unimodal: ClassVar[bool] = False  # batches carry question-masked ids and blank-image pixels
     needs_label_space: ClassVar[bool] = False  # batches carry choice tokens; multiple-choice data only
+    needs_no_image: ClassVar[bool] = False  # batches carry the prompts without image tokens (mb_noimage__*)
+    image_baseline: ClassVar[str] = "blank"  # the image of the text-only variant (mb_blank__*)
     description: ClassVar[str] = ""
 
     def __init__(self, config=None):
@@ -43,6 +46,14 @@ class Recipe:
     def setup(self, trainer) -> None:
         """Called once the trainer exists (before training): create heads, read parameter groups."""
         self.trainer = trainer
+
+    def bind_data(self, examples) -> None:
+        """Called with the training examples before any batch is built (e.g. to count a prior table, or to
+        choose an answer space from whether the data have choices)."""
+
+    def collate_extra(self, encoded: list) -> dict:
+        """Extra ``mb_`` tensors for a batch of encoded examples (see ``finetune.data.RecipeCollator``)."""
+        return {}
 
     def callbacks(self) -> list:
         return []
@@ -58,6 +69,19 @@ class Recipe:
     def sft_loss(self, model, inputs: dict, variant: str = "full") -> torch.Tensor:
         sums, counts, _ = answer_forward(model, inputs, variant)
         return -sums.sum() / counts.sum().clamp(min=1)
+
+    @contextlib.contextmanager
+    def frozen_base(self, model):
+        """The model as it was before fine-tuning: PEFT adapters disabled, eval mode, no gradient. A detached
+        expert: nothing computed inside reaches the trained parameters."""
+        peft_model = self.trainer.accelerator.unwrap_model(model)
+        was_training = peft_model.training
+        peft_model.eval()
+        try:
+            with torch.no_grad(), peft_model.disable_adapter():
+                yield peft_model
+        finally:
+            peft_model.train(was_training)
 
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
         t = self.trainer

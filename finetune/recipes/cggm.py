@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from mbias.finetune.data import answer_forward
+from mbias.finetune.data import answer_forward, first_answer_state
 from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 from mbias.errors import ConfigError
@@ -111,7 +111,7 @@ class CGGMRecipe(Recipe):
         self.prev_acc = acc
         coef = modulation_coefficients(delta, cfg.s_min, cfg.b_max)
         # direction term: the fused representation that predicts the answer, against each head's output
-        fused = _first_answer_state(out, inputs)
+        fused = first_answer_state(out, inputs).float()
         cos = {m: F.cosine_similarity(fused, u[m].detach().to(fused.dtype), dim=-1).mean() for m in u}
         l_gm = (sum(abs(b) for b in coef.values()) - sum(coef[m] * cos[m] for m in cos)) / len(cos)
         loss = sft + cfg.lam * l_gm
@@ -129,10 +129,3 @@ class CGGMRecipe(Recipe):
         self.head_opt.load_state_dict(state["head_opt"])
         self.prev_acc = state["prev_acc"]
 
-
-def _first_answer_state(out, inputs) -> torch.Tensor:
-    """Final hidden state at the position predicting each example's first answer token [B, D]."""
-    last = out.hidden_states[-1]
-    answer_mask = inputs["mb_answer_mask"]
-    first_answer = answer_mask.float().argmax(1)
-    return last[torch.arange(last.shape[0], device=last.device), first_answer - 1].float()

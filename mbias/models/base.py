@@ -260,6 +260,14 @@ class ModelAdapter(ScoringMixin):
             seed = int(hashlib.sha256(f"{self.config.noise_seed}:{prepared.example.id}".encode()).hexdigest()[:8], 16)
             rng = np.random.default_rng(seed)
             out = np.clip(0.5 + self.config.noise_std * rng.standard_normal(arr.shape), 0, 1) * 255
+        elif kind == "crop":  # mDPO's corrupted image: a random 0-20% of the area, resized back
+            seed = int(hashlib.sha256(f"{self.config.noise_seed}:crop:{prepared.example.id}".encode()).hexdigest()[:8], 16)
+            rng = np.random.default_rng(seed)
+            h, w = arr.shape[:2]
+            side = max(1.0, float(np.sqrt(rng.uniform(0.0, 0.2))) * min(h, w))
+            top, left = rng.uniform(0, h - side), rng.uniform(0, w - side)
+            box = tuple(round(v) for v in (left, top, left + side, top + side))
+            out = np.asarray(img.crop(box).resize(img.size, Image.BILINEAR), dtype=np.float32)
         elif kind == "swap":
             if swap_image is None:
                 raise MbiasError("the swap baseline needs another example's image (swap_image=...)")

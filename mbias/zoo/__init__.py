@@ -9,6 +9,7 @@ an interrupted build never leaves a half-written model behind.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -54,9 +55,17 @@ def _entries() -> dict[str, ZooEntry]:
 
 
 def zoo_entry(name: str) -> ZooEntry:
+    """The entry of ``name``; ``NAME-seedN`` is NAME trained with seed N (another build of the same recipe:
+    whether a planted prior survives training varies between builds, so a finding should hold on several)."""
     entries = _entries()
+    base, _, seed = name.rpartition("-seed")
+    if base in entries and seed.isdigit():
+        entry = entries[base]
+        return dataclasses.replace(entry, name=name, train=dataclasses.replace(entry.train, seed=int(seed)),
+                                   description=f"{entry.description} (training seed {int(seed)})")
     if name not in entries:
-        raise ModelLoadError(f"unknown zoo model {name!r}; known: {', '.join(entries)}")
+        raise ModelLoadError(f"unknown zoo model {name!r}; known: {', '.join(entries)} (and NAME-seedN for "
+                             "another training seed)")
     return entries[name]
 
 

@@ -1,0 +1,85 @@
+"""conflict: which side wins when the question alone and the image point to different answers.
+
+Per sample, three answers from passes the audit already makes (shared with ``ablation``, so free when it runs):
+the full input's, the *question alone*'s (the image removed: a prompt without image tokens, or with
+``image_absent: baseline`` the image replaced by the baseline) and the *image alone*'s (the question masked).
+
+- A **wording conflict** is a sample whose question-alone answer is wrong: the words point away from what the
+  picture shows. ``follows_text`` = 1 if the full model gives that same wrong answer, else 0.
+  "Follows the wording over the image on 41% of conflicts" is its mean.
+- An **image conflict** is a sample whose image-alone answer is wrong: what the picture suggests without the
+  question is not what was asked. ``follows_image`` = 1 if the full model gives that answer anyway.
+
+Both need only the gold answers, so they work on any dataset, not just one built to contradict a prior. An
+unbiased model that sees answers conflicts correctly (rate ~0); a model that answers from the wording repeats
+the question-alone answer (rate -> 1); a model that cannot see gives the question-alone answer always (1.0).
+With two choices every wrong answer *is* the question-alone answer, so on yes/no data the rate is the error
+rate on conflicts: a yes-bias (POPE's classic language prior) reads as following the wording, as it should.
+Accuracy when the question alone agrees with the gold answer and when it conflicts are recorded beside it: a
+model that does not lean on the wording is as accurate on both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
+
+from mbias.errors import ConfigError
+from mbias.models.types import normalize_answer
+from mbias.stats import bootstrap_mean
+
+
+@dataclass
+class ConflictConfig:
+    image_absent: str = field(default="removed", metadata={
+        "help": "the question-alone pass: removed (a prompt without image tokens, the default) or baseline (the "
+                "image replaced by the audit's image baseline)"})
+
+    def __post_init__(self):
+        if self.image_absent not in ("removed", "baseline"):
+            raise ConfigError(f"image_absent must be removed or baseline, not {self.image_absent!r}")
+
+
+def conflict_record(full: str, text_alone: str, image_alone: str, gold: str) -> dict:
+    """The per-sample fields from the three answers (None where the sample is not a conflict of that kind)."""
+    same = lambda a, b: normalize_answer(a) == normalize_answer(b)  # noqa: E731
+    text_conflict, image_conflict = not same(text_alone, gold), not same(image_alone, gold)
+    correct = float(same(full, gold))
+    return {
+        "pred_text_alone": text_alone, "pred_image_alone": image_alone,
+        "text_conflict": float(text_conflict), "image_conflict": float(image_conflict),
+        "follows_text": float(same(full, text_alone)) if text_conflict else None,
+        "follows_image": float(same(full, image_alone)) if image_conflict else None,
+        "correct_text_conflict": correct if text_conflict else None,
+        "correct_text_agrees": None if text_conflict else correct,
+    }
+
+
+@PROBES.register("conflict")
+class ConflictProbe(Probe):
+    config_class = ConflictConfig
+    definition = ("On the samples where the question alone (image removed) gives a wrong answer, how often the "
+                  "model gives that same answer with the image in view: it follows the wording over the image. "
+                  "And the counterpart: where the image alone (question masked) gives a wrong answer, how often "
+                  "the model gives it anyway.")
+
+    def run(self, ctx: SampleContext) -> dict:
+        absent = REMOVED if self.config.image_absent == "removed" else ctx.adapter.config.image_baseline
+        full, text_alone, image_alone = ctx.outcomes([(KEEP, KEEP), (absent, KEEP), (KEEP, MASK)])
+        return conflict_record(full.prediction, text_alone.prediction, image_alone.prediction, ctx.example.answer)
+
+    def summarize(self, records: list[dict], groups: list[str]) -> dict:
+        out = {key: bootstrap_mean([r[key] for r in records], groups)
+               for key in ("follows_text", "follows_image", "correct_text_conflict", "correct_text_agrees")}
+        out["text_alone_accuracy"] = bootstrap_mean([1 - r["text_conflict"] for r in records], groups)
+        out["n_text_conflicts"] = int(sum(r["text_conflict"] for r in records))
+        out["n_image_conflicts"] = int(sum(r["image_conflict"] for r in records))
+        return out
+
+    def describe(self, adapter) -> dict:
+        info = super().describe(adapter)
+        info.update(question_alone=f"image {self.config.image_absent}", image_alone="question masked",
+                    value_function="predicted answer (argmax over choices, else greedy generation)",
+                    estimator="direct", budget="3 scored variants per sample (shared with ablation)")
+        return info
