@@ -2,39 +2,11 @@
 
 from __future__ import annotations
 
+from mbias.diagnose.verdict import verdict
+
 from mbias.stats import bootstrap_mean
 
 SCHEMA_VERSION = 1
-
-
-def verdict(probes_summary: dict, margin: float) -> dict:
-    """Dominant modality from the language share's 95% interval: above 0.5 + margin -> language, below
-    0.5 - margin -> vision, otherwise balanced. Rests on modality_shapley if it ran, else on mm_shap's T-SHAP."""
-    rule = (f"language if the 95% interval of the language share lies above {0.5 + margin:.2f}, vision if it "
-            f"lies below {0.5 - margin:.2f}, otherwise balanced")
-    if "modality_shapley" in probes_summary:
-        stat, probe = probes_summary["modality_shapley"]["language_share"], "modality_shapley"
-    elif "mm_shap" in probes_summary:
-        stat, probe = probes_summary["mm_shap"]["t_shap"], "mm_shap"
-    else:
-        return {"dominant_modality": None, "language_share": None, "ci95": [None, None], "rests_on": None,
-                "margin": margin, "rule": rule, "note": "no share probe (modality_shapley or mm_shap) was run"}
-    lo, hi = stat["ci95"]
-    if stat["mean"] is None:
-        dominant = None
-    elif lo > 0.5 + margin:
-        dominant = "language"
-    elif hi < 0.5 - margin:
-        dominant = "vision"
-    else:
-        dominant = "balanced"
-    # Within "balanced", say which way it leans when the whole interval is on one side of 0.5 (but inside the
-    # margin): a model at 0.60 [0.55, 0.66] is not the same finding as one at 0.50 [0.45, 0.55].
-    leaning = None
-    if dominant == "balanced" and lo is not None:
-        leaning = "language" if lo > 0.5 else "vision" if hi < 0.5 else None
-    return {"dominant_modality": dominant, "leaning": leaning, "language_share": stat["mean"], "ci95": [lo, hi],
-            "rests_on": probe, "margin": margin, "rule": rule, "n": stat["n"]}
 
 
 def per_category(records: list[dict]) -> dict:
@@ -75,6 +47,7 @@ def summarize(records: list[dict], probes: dict, manifest: dict, margin: float) 
         "per_category": per_category(records),
         "methods": manifest.get("methods", {}),
         "model": manifest.get("model"),
+        "adapter": manifest.get("adapter"),
         "data": manifest.get("data"),
         "provenance": manifest.get("provenance", {}),
         "config": manifest.get("config", {}),

@@ -36,12 +36,16 @@ def run_audit_command(args) -> int:
 
 
 def verdict_line(summary: dict, where: str) -> str:
+    from mbias.reports.content import pct, share_phrase, verdict_label
+
     v = summary["verdict"]
     if v["dominant_modality"] is None:
         return f"audit of {summary['n_samples']} samples written to {where} (no verdict: {v.get('note')})"
-    lo, hi = v["ci95"]
-    label = "balanced" if v["dominant_modality"] == "balanced" else f"{v['dominant_modality']}-dominant"
-    if v.get("leaning"):
-        label += f", leaning {v['leaning']}"
-    return (f"{label}: language share {v['language_share']:.2f} [{lo:.2f}, {hi:.2f}] "
-            f"({v['rests_on']}, {summary['n_samples']} samples, accuracy {summary['accuracy']:.2f}) -> {where}")
+    parts = []
+    if v.get("rests_on") == "conflict":
+        parts.append(f"follows the wording over the image on {pct(v['follows_text'])} of {v['n_text_conflicts']} "
+                     "conflicts")
+    if v.get("language_share") is not None:
+        parts.append(share_phrase(v))
+    return (f"{verdict_label(v)}: {'; '.join(parts)} ({summary['n_samples']} samples, accuracy "
+            f"{summary['accuracy']:.2f}) -> {where}")

@@ -20,7 +20,7 @@ from mbias.diagnose.config import AuditConfig, build_probes
 from mbias.probes.base import KEEP, SampleContext
 
 from mbias.errors import ConfigError, DataError
-from mbias.models.loading import LoadOptions
+from mbias.models.loading import LoadOptions, adapter_record
 from mbias.provenance import provenance
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     if rank == 0:
         _prepare_folder(out, fingerprint, overwrite)
         manifest = {
-            "fingerprint": fingerprint, "model": model, "adapter": load.adapter, "data": data,
+            "fingerprint": fingerprint, "model": model, "adapter": adapter_record(load.adapter), "data": data,
             "n_examples": len(examples), "skipped_records": loaded.skipped, "config": config.to_dict(),
             "load": vars(load), "family": adapter.family,
             "methods": {name: {"definition": p.definition, **p.describe(adapter)} for name, p in probes.items()},

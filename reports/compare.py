@@ -1,7 +1,9 @@
-"""Compare two audits (before/after): each headline measure side by side, with the difference and its interval.
+"""Compare two audits (before/after): what changed, by how much, with intervals, and whether that is better.
 
 When both audits cover the same samples (same ids) the difference is paired: per-sample differences, bootstrapped
-by image. Otherwise the two means are bootstrapped independently.
+by image. Otherwise the two means are bootstrapped independently. Each measure has a direction: accuracy up is
+better, following the wording (or the image) on conflicts down is better, and a share is better when it moves
+away from the side the *before* verdict found dominant (towards the image for a language-reliant model).
 """
 
 from __future__ import annotations
@@ -9,31 +11,59 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from mbias.reports import _load_summary, _records
-from mbias.reports.content import fmt, verdict_label
+from mbias.reports import _load_summary, _records, plots
+from mbias.reports.content import fmt, model_label, pct, verdict_label, verdict_sentence
+from mbias.reports.html import CSS
 
 from mbias.stats import bootstrap_diff, bootstrap_mean
 
-MEASURES = [  # (label, getter over a per-sample record)
-    ("accuracy", lambda r: r.get("correct")),
-    ("language share (modality Shapley)", lambda r: r["probes"].get("modality_shapley", {}).get("language_share")),
-    ("T-SHAP (MM-SHAP)", lambda r: r["probes"].get("mm_shap", {}).get("t_shap")),
-    ("multimodal gain", lambda r: r["probes"].get("ablation", {}).get("gain")),
-    ("accuracy, no image", lambda r: r["probes"].get("ablation", {}).get("acc_no_image")),
-    ("accuracy, question masked", lambda r: r["probes"].get("ablation", {}).get("acc_no_text")),
-    ("accuracy, swapped image", lambda r: r["probes"].get("ablation", {}).get("acc_swapped_image")),
-    ("degradation AUC, image", lambda r: r["probes"].get("degradation", {}).get("image_auc")),
-    ("degradation AUC, text", lambda r: r["probes"].get("degradation", {}).get("text_auc")),
-    ("attention on image tokens", lambda r: r["probes"].get("attention", {}).get("image_attention_share")),
+UP, DOWN, AWAY = "up", "down", "away"  # better when it rises / falls / moves away from the dominant side
+
+
+def _probe(r: dict, probe: str, key: str):
+    return r["probes"].get(probe, {}).get(key)
+
+
+MEASURES = [  # (key, label, getter over a per-sample record, better direction or None, rate shown in %)
+    ("accuracy", "accuracy", lambda r: r.get("correct"), UP, False),
+    ("follows_text", "follows the wording over the image (wording conflicts)",
+     lambda r: _probe(r, "conflict", "follows_text"), DOWN, True),
+    ("follows_image", "gives the image-alone answer over the question (image conflicts)",
+     lambda r: _probe(r, "conflict", "follows_image"), DOWN, True),
+    ("language_share", "language share (modality Shapley)", lambda r: _probe(r, "modality_shapley", "language_share"),
+     AWAY, False),
+    ("t_shap", "T-SHAP (MM-SHAP)", lambda r: _probe(r, "mm_shap", "t_shap"), AWAY, False),
+    ("multimodal_gain", "multimodal gain (accuracy full - no image)", lambda r: _probe(r, "ablation", "gain"), UP,
+     False),
+    ("acc_no_image", "accuracy, no image", lambda r: _probe(r, "ablation", "acc_no_image"), None, False),
+    ("acc_no_text", "accuracy, question masked", lambda r: _probe(r, "ablation", "acc_no_text"), None, False),
+    ("acc_swapped_image", "accuracy, swapped image", lambda r: _probe(r, "ablation", "acc_swapped_image"), None,
+     False),
+    ("image_auc", "degradation AUC, image", lambda r: _probe(r, "degradation", "image_auc"), None, False),
+    ("text_auc", "degradation AUC, text", lambda r: _probe(r, "degradation", "text_auc"), None, False),
+    ("attention", "attention on image tokens", lambda r: _probe(r, "attention", "image_attention_share"), None,
+     False),
 ]
 
 
-def compare_rows(recs_a: list[dict], recs_b: list[dict]) -> tuple[list[dict], bool]:
+def _judge(diff: dict, direction: str | None, dominant: str | None) -> str:
+    """better / worse / no clear change / changed (a measure without a better direction)."""
+    lo, hi = diff["ci95"]
+    if lo is None or lo <= 0 <= hi:
+        return "no clear change"
+    if direction == AWAY:  # a share: better away from the side found dominant before
+        direction = DOWN if dominant == "language" else UP if dominant == "vision" else None
+    if direction is None:
+        return "changed"
+    return "better" if (diff["mean"] > 0) == (direction == UP) else "worse"
+
+
+def compare_rows(recs_a: list[dict], recs_b: list[dict], dominant_before: str | None = None) -> tuple[list[dict], bool]:
     by_a = {r["id"]: r for r in recs_a}
     shared = [r["id"] for r in recs_b if r["id"] in by_a]
     paired = len(shared) == len(recs_a) == len(recs_b) and len(shared) > 0
     rows = []
-    for label, get in MEASURES:
+    for key, label, get, direction, rate in MEASURES:
         va = [get(r) for r in recs_a]
         vb = [get(r) for r in recs_b]
         if all(v is None for v in va) or all(v is None for v in vb):
@@ -47,44 +77,107 @@ def compare_rows(recs_a: list[dict], recs_b: list[dict]) -> tuple[list[dict], bo
             diff = bootstrap_mean(diffs, [by_a[i]["image_key"] for i in shared])
         else:
             diff = bootstrap_diff(vb, va)
-        rows.append({"measure": label, "before": a, "after": b, "difference": diff,
-                     "clear": diff["ci95"][0] is not None and (diff["ci95"][0] > 0 or diff["ci95"][1] < 0)})
+        judgement = _judge(diff, direction, dominant_before)
+        rows.append({"key": key, "measure": label, "before": a, "after": b, "difference": diff, "rate": rate,
+                     "judgement": judgement, "clear": judgement != "no clear change"})
     return rows, paired
+
+
+def _value(stat: dict, rate: bool) -> str:
+    return pct(stat) if rate else fmt(stat)
+
+
+def _change(row: dict) -> str:
+    d = row["difference"]
+    if d["mean"] is None:
+        return "n/a"
+    lo, hi = d["ci95"]
+    if row["rate"]:
+        return f"{100 * d['mean']:+.0f} points [{100 * lo:+.0f}, {100 * hi:+.0f}]"
+    return f"{d['mean']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def headline(rows: list[dict], va: dict, vb: dict) -> str:
+    """One sentence a reviewer can quote: the key measures after, where they came from, and the verdicts."""
+    parts = []
+    for row in (r for r in rows if r["key"] in ("follows_text", "accuracy", "language_share")):
+        if row["after"]["mean"] is None or row["before"]["mean"] is None:
+            continue
+        after = f"{100 * row['after']['mean']:.0f}%" if row["rate"] else f"{row['after']['mean']:.2f}"
+        before = f"{100 * row['before']['mean']:.0f}%" if row["rate"] else f"{row['before']['mean']:.2f}"
+        name = {"follows_text": "follows the wording on conflicts", "accuracy": "accuracy",
+                "language_share": "language share"}[row["key"]]
+        if not row["clear"]:
+            parts.append(f"{name} {after}, no clear change from {before} ({_change(row)})")
+        else:
+            way = "down" if row["difference"]["mean"] < 0 else "up"
+            parts.append(f"{name} {after}, {way} from {before} ({_change(row)}, {row['judgement']})")
+    verdicts = f"verdict {verdict_label(va)} before, {verdict_label(vb)} after"
+    return ("After: " + "; ".join(parts) + f". {verdicts[0].upper()}{verdicts[1:]}.") if parts else \
+        f"{verdicts[0].upper()}{verdicts[1:]}."
+
+
+def _figures(a: Path, b: Path, sa: dict, sb: dict, recs_a, recs_b) -> list[tuple[str, bytes | None, bytes | None]]:
+    return [("Accuracy under counterfactual inputs", plots.ablation(sa), plots.ablation(sb)),
+            ("Per-sample language share", plots.share_distribution(recs_a), plots.share_distribution(recs_b))]
 
 
 def write_compare(a: Path, b: Path, out: Path | None) -> Path:
     sa, sb = _load_summary(a), _load_summary(b)
-    rows, paired = compare_rows(_records(a), _records(b))
+    va, vb = sa["verdict"], sb["verdict"]
+    recs_a, recs_b = _records(a), _records(b)
+    rows, paired = compare_rows(recs_a, recs_b, va.get("dominant_modality"))
     target = out or (a / "compare.html")
     if target.suffix != ".html":
         target.mkdir(parents=True, exist_ok=True)
         target = target / "compare.html"
     target.parent.mkdir(parents=True, exist_ok=True)
-    how = ("paired over the same samples" if paired else "independent samples")
-    va, vb = sa["verdict"], sb["verdict"]
+    how = "paired over the same samples" if paired else "independent samples"
+    lead = headline(rows, va, vb)
     e = html.escape
-    table = ["<table><tr><th>measure</th><th>before</th><th>after</th><th>after - before [95% CI]</th></tr>"]
+    table = ["<table><tr><th>measure</th><th>before</th><th>after</th><th>after - before [95% CI]</th>"
+             "<th></th></tr>"]
     for r in rows:
-        style = ' style="font-weight:600"' if r["clear"] else ""
-        table.append(f"<tr{style}><td>{e(r['measure'])}</td><td>{e(fmt(r['before']))}</td>"
-                     f"<td>{e(fmt(r['after']))}</td><td>{e(fmt(r['difference']))}</td></tr>")
+        mark = {"better": "ok", "worse": "bad"}.get(r["judgement"], "sub")
+        table.append(f"<tr><td>{e(r['measure'])}</td><td>{e(_value(r['before'], r['rate']))}</td>"
+                     f"<td>{e(_value(r['after'], r['rate']))}</td><td>{e(_change(r))}</td>"
+                     f"<td class=\"{mark}\"><b>{e(r['judgement'])}</b></td></tr>")
     table.append("</table>")
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>mbias comparison</title><style>
-body{{font-family:system-ui,sans-serif;max-width:900px;margin:24px auto;color:#1d2330}}table{{border-collapse:collapse;
-width:100%}}td,th{{padding:6px 8px;border-bottom:1px solid #e5e7eb;text-align:left}}.sub{{color:#5c6475}}</style></head>
-<body><h1>Before / after</h1>
-<p class="sub">before: {e(str(a))} ({e(sa.get('model'))}, {sa['n_samples']} samples)<br>
-after: {e(str(b))} ({e(sb.get('model'))}, {sb['n_samples']} samples)</p>
-<p>Verdict before: <b>{e(verdict_label(va))}</b>; after: <b>{e(verdict_label(vb))}</b>.
-Differences are {e(how)}; bold rows have a 95% interval that excludes zero.</p>
-{''.join(table)}</body></html>"""
+    figures = []
+    for title, before, after in _figures(a, b, sa, sb, recs_a, recs_b):
+        if before and after:
+            figures.append(f"<section><h2>{e(title)}</h2><div class=\"pair\"><figure><figcaption>before"
+                           f"</figcaption><img class=\"plot\" src=\"{plots.data_uri(before)}\" alt=\"{e(title)}, "
+                           f"before\"></figure><figure><figcaption>after</figcaption><img class=\"plot\" src=\""
+                           f"{plots.data_uri(after)}\" alt=\"{e(title)}, after\"></figure></div></section>")
+
+    def card(title, folder, summary, v):
+        kind = v.get("dominant_modality") or "none"
+        label = verdict_label(v)
+        return (f"<div class=\"verdict {kind}\"><div class=\"sub\" style=\"color:#fffc\">{title}: "
+                f"{e(model_label(summary))} &middot; {summary['n_samples']} samples &middot; {e(str(folder))}</div>"
+                f"<div class=\"big\">{e(label[0].upper() + label[1:])}</div><p>{e(verdict_sentence(summary))}</p>"
+                "</div>")
+
+    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>mbias comparison: "
+            f"{e(model_label(sb))}</title><style>{CSS}.pair{{display:flex;gap:12px}}.pair figure{{margin:0;flex:1}}"
+            ".pair img{width:100%}.twocol{display:grid;grid-template-columns:1fr 1fr;gap:12px}</style></head>"
+            "<body><main><div class=\"sub\">mbias before / after</div>"
+            f"<h1>{e(model_label(sb))}</h1><div class=\"sub\">data {e(str(sb.get('data')))}</div>"
+            f"<p class=\"lead\"><b>{e(lead)}</b></p>"
+            f"<div class=\"twocol\">{card('before', a, sa, va)}{card('after', b, sb, vb)}</div>"
+            f"<section><h2>Every measure</h2><p class=\"note\">Differences are {e(how)}. \"better\" and \"worse\" "
+            "follow each measure's direction (accuracy up; following the wording or the image on conflicts down; a "
+            "share away from the side found dominant before); \"no clear change\" when the 95% interval includes "
+            f"zero.</p>{''.join(table)}</section>{''.join(figures)}</main></body></html>")
     target.write_text(page, encoding="utf-8")
-    md = ["# Before / after", "", f"before: `{a}` ({sa['n_samples']} samples), after: `{b}` ({sb['n_samples']} "
-          f"samples); differences {how}.", "",
-          f"Verdict before: **{verdict_label(va)}**, after: **{verdict_label(vb)}**.", "",
-          "| measure | before | after | after - before [95% CI] |", "|---|---|---|---|"]
-    md += [f"| {r['measure']} | {fmt(r['before'])} | {fmt(r['after'])} | {fmt(r['difference'])}"
-           f"{' *' if r['clear'] else ''} |" for r in rows]
-    md += ["", "\\* the interval excludes zero."]
+    md = ["# Before / after", "", f"**{lead}**", "",
+          f"before: `{a}` ({model_label(sa)}, {sa['n_samples']} samples); after: `{b}` ({model_label(sb)}, "
+          f"{sb['n_samples']} samples); differences {how}.", "",
+          f"Verdict before: **{verdict_label(va)}**. {verdict_sentence(sa)}", "",
+          f"Verdict after: **{verdict_label(vb)}**. {verdict_sentence(sb)}", "",
+          "| measure | before | after | after - before [95% CI] | |", "|---|---|---|---|---|"]
+    md += [f"| {r['measure']} | {_value(r['before'], r['rate'])} | {_value(r['after'], r['rate'])} | {_change(r)} | "
+           f"{r['judgement']} |" for r in rows]
     target.with_suffix(".md").write_text("\n".join(md) + "\n", encoding="utf-8")
     return target

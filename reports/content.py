@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 PROBE_TITLES = {
     "modality_shapley": "Modality Shapley (image vs question)",
+    "conflict": "Conflicts: wording against image",
     "mm_shap": "MM-SHAP (question tokens vs image patches)",
     "ablation": "Ablations (counterfactual inputs)",
     "attention": "Attention to image tokens",
@@ -41,16 +42,52 @@ class Section:
     note: str = ""
 
 
+SEVERITY_WORDS = {"slight": "slightly {side}-reliant", "moderate": "{side}-reliant", "severe": "{side}-dominant"}
+
+
 def verdict_label(v: dict) -> str:
-    """``language`` / ``vision`` / ``balanced`` (``balanced, leaning language``), or ``none``."""
-    label = v.get("dominant_modality") or "none"
-    return f"{label}, leaning {v['leaning']}" if v.get("leaning") else label
+    """``language-reliant`` (moderate), ``language-dominant`` (severe), ``slightly vision-reliant``, ``balanced``
+    (``balanced, leaning language`` when only the share spoke and leans), or ``none``."""
+    side = v.get("dominant_modality")
+    if side is None:
+        return "none"
+    if side == "balanced":
+        return f"balanced, leaning {v['leaning']}" if v.get("leaning") else "balanced"
+    return SEVERITY_WORDS.get(v.get("severity"), "{side}-reliant").format(side=side)
+
+
+def pct(stat: dict | None) -> str:
+    """``70% [62, 78]`` from a {mean, ci95} of a rate."""
+    if not stat or stat.get("mean") is None:
+        return "n/a"
+    lo, hi = stat["ci95"]
+    return f"{100 * stat['mean']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def share_phrase(v: dict) -> str:
+    if v.get("language_share") is None:
+        return ""
+    return f"language share {fmt({'mean': v['language_share'], 'ci95': v['ci95']})}"
 
 
 def verdict_sentence(summary: dict) -> str:
+    """The verdict in words a reviewer can check: what the model does on conflicts, then the share."""
     v = summary["verdict"]
     if v.get("dominant_modality") is None:
         return f"No verdict: {v.get('note', 'no share probe was run')}."
+    share = share_phrase(v)
+    if v.get("rests_on") == "conflict":
+        words = [f"The model follows the question's wording over the image on {pct(v['follows_text'])} of "
+                 f"{v['n_text_conflicts']} conflicts (questions that, asked without the image, get a wrong answer); "
+                 "a model that looks at the image answers them correctly."]
+        if v.get("follows_image") and v["follows_image"].get("mean") is not None:
+            words.append(f"Where the image alone (question masked) suggests a wrong answer, it gives that answer on "
+                         f"{pct(v['follows_image'])} of {v['n_image_conflicts']}.")
+        if share:
+            words.append(f"Attribution: {share} (95% interval).")
+        if v.get("note"):
+            words.append(f"Note: {v['note']}.")
+        return " ".join(words)
     word = {"language": "relies mostly on the question text", "vision": "relies mostly on the image",
             "balanced": "uses image and text in balance (no side's interval clears the margin)"}[v["dominant_modality"]]
     if v.get("leaning"):
@@ -59,8 +96,8 @@ def verdict_sentence(summary: dict) -> str:
         bound = 0.5 + v.get("margin", 0.05) * (1 if language else -1)
         word = (f"leans on {side}, within the margin (the interval lies {where} 0.5 but does not clear "
                 f"{bound:.2f})")
-    return (f"The model {word}: language share {fmt({'mean': v['language_share'], 'ci95': v['ci95']})} "
-            f"(95% interval, {v['rests_on']}).")
+    return (f"The model {word}: {share} (95% interval, {v['rests_on']}; no conflict evidence, so the share alone "
+            "decides).")
 
 
 def sections(summary: dict) -> list[Section]:
@@ -80,6 +117,18 @@ def sections(summary: dict) -> list[Section]:
                 rows.append((f"language share, {label}-valued", fmt(ms[f"language_share_{value}"])))
         out.append(Section("modality_shapley", PROBE_TITLES["modality_shapley"], definition("modality_shapley"),
                            rows, "share_distribution", note="value function: " + ", ".join(ms["value_function"])))
+    if "conflict" in p:
+        cf = p["conflict"]
+        out.append(Section("conflict", PROBE_TITLES["conflict"], definition("conflict"), [
+            (f"follows the wording over the image ({cf['n_text_conflicts']} wording conflicts)",
+             pct(cf["follows_text"])),
+            (f"gives the image-alone answer over the question ({cf['n_image_conflicts']} image conflicts)",
+             pct(cf["follows_image"])),
+            ("accuracy where the question alone gets it wrong", fmt(cf["correct_text_conflict"])),
+            ("accuracy where the question alone gets it right", fmt(cf["correct_text_agrees"])),
+            ("answered right from the question alone (no image)", fmt(cf["text_alone_accuracy"]))],
+            note="A model that looks at the image is as accurate where the question alone is wrong as where it is "
+                 "right; the gap between the two accuracies is the price of following the wording."))
     if "mm_shap" in p:
         mm = p["mm_shap"]
         out.append(Section("mm_shap", PROBE_TITLES["mm_shap"], definition("mm_shap"), [
@@ -139,13 +188,37 @@ def category_table(summary: dict) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
+def adapter_phrase(adapter: dict | None) -> str:
+    """``LoRA adapter ft/ (poe, 200 steps)`` for an audited PEFT adapter record, or ''."""
+    if not adapter:
+        return ""
+    kind = adapter.get("peft_type") or "PEFT"
+    trained = ", ".join(x for x in (adapter.get("recipe"), f"{adapter['steps']} steps" if adapter.get("steps") else "")
+                        if x)
+    return f"{kind} adapter {adapter['path']}" + (f" ({trained})" if trained else "")
+
+
+def model_label(summary: dict) -> str:
+    """The audited model as a reader needs it: the base model and, when one was applied, the adapter."""
+    adapter = adapter_phrase(summary.get("adapter"))
+    return f"{summary.get('model')} + {adapter}" if adapter else str(summary.get("model"))
+
+
 def method_rows(summary: dict) -> list[tuple[str, dict]]:
     return [(PROBE_TITLES.get(k, k), v) for k, v in (summary.get("methods") or {}).items()]
 
 
 def provenance_rows(summary: dict) -> list[tuple[str, str]]:
     prov = summary.get("provenance") or {}
-    rows = [("model", str(summary.get("model"))), ("data", str(summary.get("data"))),
+    rows = [("model", str(summary.get("model")))]
+    adapter = summary.get("adapter")
+    if adapter:
+        rows += [("adapter", adapter_phrase(adapter)), ("adapter base model", str(adapter.get("base_model")))]
+        if adapter.get("recipe_config"):
+            rows.append(("adapter recipe settings", str(adapter["recipe_config"])))
+        if adapter.get("data"):
+            rows.append(("adapter training data", str(adapter["data"])))
+    rows += [("data", str(summary.get("data"))),
             ("mbias", f"{prov.get('mbias_version')} (commit {prov.get('git_commit') or 'n/a'})"),
             ("model revision", str(prov.get("model_revision"))), ("device", str(prov.get("device"))),
             ("date", str(prov.get("date"))), ("seed", str((summary.get("config") or {}).get("seed")))]

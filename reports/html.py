@@ -65,10 +65,9 @@ def _example_html(ex: dict, overlay_uri: str) -> str:
 def render_html(summary: dict, figures: dict[str, bytes], overlays: list[bytes]) -> str:
     v = summary["verdict"]
     kind = v.get("dominant_modality") or "none"
-    title = {"language": "Language-dominant", "vision": "Vision-dominant", "balanced": "Balanced",
-             "none": "No verdict"}[kind]
-    if v.get("leaning"):
-        title += f", leaning {v['leaning']}"
+    label = content.verdict_label(v)
+    title = "No verdict" if kind == "none" else label[0].upper() + label[1:]
+    evidence = ", ".join(v.get("evidence") or [])
     cards = [("samples", f"{summary['n_samples']} ({summary.get('n_images', '?')} images)"),
              ("accuracy", content.fmt({"mean": summary["accuracy"], "ci95": summary.get("accuracy_ci95")}))]
     ab = summary["probes"].get("ablation", {})
@@ -77,13 +76,14 @@ def render_html(summary: dict, figures: dict[str, bytes], overlays: list[bytes])
                                                        "ci95": ab["multimodal_gain_ci95"]})))
     if "mm_shap" in summary["probes"]:
         cards.append(("T-SHAP", content.fmt(summary["probes"]["mm_shap"]["t_shap"])))
+    model = content.model_label(summary)
     parts = [f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>mbias audit: "
-             f"{_e(summary.get('model'))}</title><style>{CSS}</style></head><body><main>",
-             f"<div class=\"sub\">mbias modality-bias audit</div><h1>{_e(summary.get('model'))}</h1>",
+             f"{_e(model)}</title><style>{CSS}</style></head><body><main>",
+             f"<div class=\"sub\">mbias modality-bias audit</div><h1>{_e(model)}</h1>",
              f"<div class=\"sub\">data {_e(summary.get('data'))}</div>",
              f"<div class=\"verdict {kind}\"><div class=\"big\">{title}</div>"
-             f"<p>{_e(content.verdict_sentence(summary))}</p><p class=\"sub\" style=\"color:#fffc\">Rule: "
-             f"{_e(v['rule'])}.</p></div>",
+             f"<p>{_e(content.verdict_sentence(summary))}</p><p class=\"sub\" style=\"color:#fffc\">Rests on: "
+             f"{_e(evidence or 'nothing')}. Rule: {_e(v['rule'])}.</p></div>",
              "<div class=\"cards\">" + "".join(f"<div class=\"card\"><div class=\"k\">{_e(k)}</div>"
                                                f"<div class=\"v\">{_e(val)}</div></div>" for k, val in cards)
              + "</div>"]

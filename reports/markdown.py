@@ -19,10 +19,10 @@ def _table(rows, header) -> list[str]:
 
 def render_markdown(summary: dict, plot_files: dict[str, str]) -> str:
     v = summary["verdict"]
-    lines = [f"# Modality-bias audit: {summary.get('model')}", "", f"Data: `{summary.get('data')}`, "
+    lines = [f"# Modality-bias audit: {content.model_label(summary)}", "", f"Data: `{summary.get('data')}`, "
              f"{summary['n_samples']} samples. Accuracy {content.fmt({'mean': summary['accuracy'], 'ci95': summary.get('accuracy_ci95')})}.",
              "", f"**Verdict: {content.verdict_label(v)}.** {content.verdict_sentence(summary)}",
-             f"Rule: {v['rule']}.", ""]
+             f"Rests on: {', '.join(v.get('evidence') or []) or 'nothing'}. Rule: {v['rule']}.", ""]
     for sec in content.sections(summary):
         lines += [f"## {sec.title}", "", f"*{sec.definition}*", ""]
         lines += _table(sec.rows, ["measure", "value [95% interval]"])
@@ -67,6 +67,11 @@ def render_model_card(summary: dict) -> str:
         lo, hi = mm["t_shap"]["ci95"]
         metrics.append({"type": "t_shap", "value": round(mm["t_shap"]["mean"], 4),
                         "name": f"T-SHAP, MM-SHAP (95% CI {lo:.3f}-{hi:.3f})"})
+    cf = summary["probes"].get("conflict")
+    if cf and cf["follows_text"]["mean"] is not None:
+        lo, hi = cf["follows_text"]["ci95"]
+        metrics.append({"type": "follows_wording", "value": round(cf["follows_text"]["mean"], 4),
+                        "name": f"Follows the wording over the image on conflicts (95% CI {lo:.3f}-{hi:.3f})"})
     ab = summary["probes"].get("ablation")
     if ab and "multimodal_gain" in ab:
         lo, hi = ab["multimodal_gain_ci95"]
@@ -74,15 +79,17 @@ def render_model_card(summary: dict) -> str:
                         "name": f"Multimodal gain, accuracy full minus no image (95% CI {lo:.3f}-{hi:.3f})"})
     for m in metrics:
         m["verified"] = False
-    block = {"model-index": [{"name": str(summary.get("model")), "results": [{
+    block = {}
+    if summary.get("adapter"):
+        block["base_model"] = str(summary["adapter"].get("base_model") or summary.get("model"))
+    block["model-index"] = [{"name": content.model_label(summary), "results": [{
         "task": {"type": "visual-question-answering", "name": "Modality reliance audit (mbias)"},
         "dataset": {"name": str(summary.get("data")), "type": str(summary.get("data"))},
-        "metrics": metrics}]}]}
-    share = "n/a" if v.get("language_share") is None else content.fmt({"mean": v["language_share"],
-                                                                        "ci95": v["ci95"]})
+        "metrics": metrics}]}]
     return "\n".join([
         "---", yaml.safe_dump(block, sort_keys=False).strip(), "---", "",
         "## Modality reliance", "",
-        f"Audited with mbias on `{summary.get('data')}` ({summary['n_samples']} samples). Verdict: "
-        f"**{content.verdict_label(v)}** (language share {share}, {v.get('rests_on')}; {v['rule']}).",
+        f"Audited with mbias: `{content.model_label(summary)}` on `{summary.get('data')}` "
+        f"({summary['n_samples']} samples). Verdict: **{content.verdict_label(v)}**. "
+        f"{content.verdict_sentence(summary)} Rule: {v['rule']}.",
         "", "See the full report (report.html) for per-probe results, intervals and method details.", ""])

@@ -9,10 +9,15 @@ import math
 import pytest
 import torch
 from mbias.finetune.config import FinetuneConfig
+from mbias.finetune.recipes import RECIPES
 from mbias.finetune.run import build_trainer, run_finetune
 
 DATA = "synth:shapes-p90/train"
-RECIPE_NAMES = ["lora", "msam", "miles", "mnl", "cggm", "ogm_ge"]
+# every registered recipe at its defaults, plus the settings that take another code path
+RECIPE_RUNS = [(name, {}) for name in RECIPES.names()] + [
+    ("poe", {"mode": "lpf"}), ("poe", {"bias_expert": "prior_table"}), ("poe", {"bias_expert": "masked_image"}),
+    ("poe", {"answer_space": "tokens"}), ("lmh", {"bias_expert": "prior_table"}),
+    ("mdpo", {"rejected_answer": "text_only", "corruption": "crop", "sft_weight": 0.5})]
 
 
 def _config(recipe, **kw):
@@ -22,10 +27,10 @@ def _config(recipe, **kw):
     return FinetuneConfig(**base)
 
 
-@pytest.mark.parametrize("recipe", RECIPE_NAMES)
-def test_recipe_changes_only_trainable_parameters(recipe, tiny_model_dir, tmp_path):
-    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / recipe, config=_config(recipe),
-                               progress=False)
+@pytest.mark.parametrize("recipe, settings", RECIPE_RUNS)
+def test_recipe_changes_only_trainable_parameters(recipe, settings, tiny_model_dir, tmp_path):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / recipe,
+                               config=_config(recipe, recipe_config=settings), progress=False)
     model = trainer.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -38,6 +43,7 @@ def test_recipe_changes_only_trainable_parameters(recipe, tiny_model_dir, tmp_pa
     assert changed and changed <= trainable, sorted(changed - trainable)[:3]
     assert any("multi_modal_projector" in n for n in changed)  # the vision side is trained too
     log = [json.loads(line) for line in (tmp_path / recipe / "training_log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for e in log for v in e.values() if isinstance(v, float))
     assert [e["step"] for e in log] == [1, 2] and all(math.isfinite(e["loss"]) for e in log)
     assert {"vision", "language"} <= {k.split("/")[0] for k in log[0]["lr"]}
 
@@ -209,3 +215,114 @@ def test_a_misspelt_modulation_mode_is_refused(recipe):
     assert config_class(mode="gradient").mode == "gradient"
     with pytest.raises(ConfigError, match="mode must be update or gradient"):
         config_class(mode="gradent")
+
+
+# ---- the debiasing recipes: a detached bias expert, and conditional preference
+
+
+def test_poe_loss_is_the_product_of_experts():
+    from mbias.finetune.recipes.poe import lpf_weights, poe_loss
+
+    bias = torch.log(torch.tensor([[0.9, 0.1], [0.9, 0.1]]))
+    z = torch.zeros(2, 2, requires_grad=True)  # the model alone: 50/50
+    loss = poe_loss(z, bias, torch.tensor([0, 1]))
+    assert loss.tolist() == pytest.approx([-math.log(0.9), -math.log(0.1)])
+    loss.sum().backward()
+    # d/dz = p_ens - onehot: the example the bias already explains pushes the model 10x less than the other
+    assert z.grad.flatten().tolist() == pytest.approx([-0.1, 0.1, 0.9, -0.9])
+    padded = torch.tensor([[0.0, 0.0, float("-inf")]])  # a padding slot stays out of the product
+    assert float(poe_loss(padded, torch.log(torch.tensor([[0.5, 0.5, 0.0]])), torch.tensor([1]))) == \
+        pytest.approx(math.log(2))
+    # LPF: (1 - p_bias(answer))^gamma; over answer tokens p_bias(answer) is the product of its tokens'
+    assert lpf_weights(bias, torch.tensor([0, 1]), torch.arange(2), 2, 2.0).tolist() == pytest.approx([0.01, 0.81])
+    tokens = torch.log(torch.tensor([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]]))
+    w = lpf_weights(tokens, torch.tensor([0, 1, 0]), torch.tensor([0, 0, 1]), 2, 1.0)
+    assert w.tolist() == pytest.approx([1 - 0.5 * 0.8, 1 - 0.9])
+
+
+def test_learned_mixin_gate_and_entropy():
+    from mbias.finetune.recipes.lmh import mixin_loss
+
+    bias = torch.log(torch.tensor([[0.9, 0.1, 0.0]]))  # a -inf slot: not an answer
+    z = torch.zeros(1, 3)
+    z[0, 2] = float("-inf")
+    gate = torch.tensor([0.0], requires_grad=True)
+    nll, entropy = mixin_loss(z, bias, gate, torch.tensor([1]), 0.36)
+    assert float(nll) == pytest.approx(math.log(2))  # gate 0: the model alone
+    assert float(entropy) == pytest.approx(math.log(2))  # gate 0 flattens the bias: maximal entropy
+    (nll + 0.36 * entropy).backward()
+    assert torch.isfinite(gate.grad).all()  # the -inf slot sends no NaN into the gate
+    nll1, _ = mixin_loss(z, bias, torch.tensor([1.0]), torch.tensor([1]), 0.36)
+    assert float(nll1) == pytest.approx(-math.log(0.1))  # gate 1: the plain product
+
+
+def test_mdpo_losses():
+    from mbias.finetune.recipes.mdpo import dpo_loss, mdpo_losses
+
+    same = torch.tensor([-1.0])
+    cond, anchor = mdpo_losses(same, same, same, same, beta=0.1, delta=0.0)
+    assert float(cond) == pytest.approx(math.log(2)) and float(anchor) == pytest.approx(math.log(2))
+    # the real image raised log p(y) by 2 over the reference, the corrupted one lowered it by 3
+    cond, anchor = mdpo_losses(torch.tensor([1.0]), torch.tensor([-4.0]), torch.tensor([-1.0]), torch.tensor([-1.0]),
+                               beta=0.1, delta=0.0)
+    assert float(cond) == pytest.approx(-math.log(1 / (1 + math.exp(-0.5))))
+    assert float(anchor) == pytest.approx(-math.log(1 / (1 + math.exp(-0.2))))
+    got = dpo_loss(torch.tensor([0.0]), torch.tensor([-2.0]), torch.tensor([-1.0]), torch.tensor([-1.0]), beta=0.5)
+    assert float(got) == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
+
+
+def test_prior_table_counts_answers_per_wording():
+    from mbias.finetune.bias_expert import PriorTable
+
+    from mbias.example import Example
+
+    exs = [Example(str(i), None, q, a) for i, (q, a) in enumerate(
+        [("What colour is it?", "red")] * 3 + [("What colour is it?", "blue"), ("Which colour now?", "blue")])]
+    table = PriorTable(exs, words=0)
+    assert table.log_probs("what colour is it", ["red", "blue", "green"]) == pytest.approx(
+        [math.log(4 / 7), math.log(2 / 7), math.log(1 / 7)])  # add-one smoothing
+    by_type = PriorTable(exs, words=1)  # key: the first word ("what" / "which")
+    assert by_type.log_probs("Which one?", ["red", "blue"]) == pytest.approx([math.log(1 / 3), math.log(2 / 3)])
+
+
+@pytest.mark.parametrize("recipe, settings", [("poe", {}), ("lmh", {}), ("mdpo", {"rejected_answer": "text_only"})])
+def test_the_bias_expert_and_the_reference_are_the_model_before_fine_tuning(recipe, settings, tiny_model_dir,
+                                                                            tmp_path):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / recipe,
+                               config=_config(recipe, recipe_config=settings, max_steps=3), progress=False)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    recipe_obj, model = trainer.recipe, trainer.model
+
+    def frozen_view():
+        from mbias.finetune.data import answer_forward
+
+        with recipe_obj.frozen_base(model) as base:
+            return answer_forward(base, batch, "no_image" if "mb_noimage__input_ids" in batch else "text_only")[0]
+
+    before = frozen_view()
+    trainer.train()
+    assert torch.allclose(before, frozen_view(), atol=1e-6)  # the LoRA weights moved; the expert did not
+
+
+def test_open_ended_answers_train_in_token_space_and_tables_refuse(tiny_model_dir, tmp_path):
+    from PIL import Image
+
+    from mbias.errors import ConfigError, DataError
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "x.png")
+    data = tmp_path / "open.jsonl"
+    data.write_text("".join(json.dumps({"id": str(i), "image": "x.png", "question": "Describe it.",
+                                        "answer": "a red square"}) + "\n" for i in range(8)))
+    trainer, _ = build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "poe", config=_config("poe"),
+                               progress=False)
+    assert trainer.recipe.expert.space == "tokens" and not trainer.recipe.needs_label_space
+    trainer.train()
+    with pytest.raises(ConfigError, match="prior_table needs multiple-choice"):
+        build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "t",
+                      config=_config("poe", recipe_config={"bias_expert": "prior_table"}), progress=False)
+    with pytest.raises(DataError, match="choices"):
+        build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "c",
+                      config=_config("lmh", recipe_config={"answer_space": "choices"}), progress=False)
+    with pytest.raises(DataError, match="multiple-choice"):
+        build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "m",
+                      config=_config("mdpo", recipe_config={"rejected_answer": "text_only"}), progress=False)

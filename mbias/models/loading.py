@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -143,6 +144,25 @@ def _attach_peft(model, adapter: str, is_trainable: bool):
         raise ModelLoadError(f"could not load adapter {adapter!r}: {str(exc).splitlines()[0]}") from None
     # LoRA layers live inside the base model's modules, so the unwrapped model scores with the adapter applied.
     return peft_model.get_base_model()
+
+
+def adapter_record(adapter: str | None) -> dict | None:
+    """What an audited PEFT adapter is, for every report: its folder (or hub id), its base model and, when mbias
+    wrote it, the recipe, its settings, the training data and steps (from ``recipe.json``)."""
+    if not adapter:
+        return None
+    record = {"path": adapter, "base_model": None, "peft_type": None, "recipe": None, "steps": None}
+    folder = Path(adapter).expanduser()
+    for name, fields in (("adapter_config.json", {"base_model_name_or_path": "base_model", "peft_type": "peft_type",
+                                                  "r": "r"}),
+                         ("recipe.json", {"model": "base_model", "recipe": "recipe", "recipe_config": "recipe_config",
+                                          "steps": "steps", "data": "data"})):
+        try:
+            info = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        record.update({ours: info[theirs] for theirs, ours in fields.items() if info.get(theirs) is not None})
+    return record
 
 
 @dataclass

@@ -151,7 +151,7 @@ def _train_into(entry: ZooEntry, tmp: Path, progress: bool) -> dict:
     with _deterministic(cfg.seed):
         info = train_tiny(adapter, [data[i] for i in range(len(data))], cfg, progress=progress)
     adapter.model.save_pretrained(tmp)
-    evaluation = load_synth(f"{entry.name}/{EVAL_SPLIT}")
+    evaluation = load_synth(f"{entry.data.rsplit('/', 1)[0]}/{EVAL_SPLIT}")
     acc = choice_accuracy(adapter, [evaluation[i] for i in range(min(EVAL_SIZE, len(evaluation)))])
     record = {"name": entry.name, "key": entry.key(), "data": entry.data, "train_config": cfg.to_dict(),
               "zoo_version": ZOO_VERSION, "torch": torch.__version__,

@@ -1,0 +1,100 @@
+"""The verdict: which side the model leans on, how much, and on what evidence (docs/methods.md, "Verdict").
+
+Two kinds of evidence, each with its 95% interval:
+- behaviour (the ``conflict`` probe): on the samples where the question alone (image removed) gives a wrong
+  answer, how often the model gives that answer with the image in view (``follows_text``); and where the image
+  alone (question masked) gives a wrong answer, how often the model gives it anyway (``follows_image``);
+- shares (``modality_shapley``, else ``mm_shap``'s T-SHAP): the question's part of the attribution.
+
+A share has no fixed meaning in the middle of its scale (on the zoo an unbiased model reads 0.39-0.47 and one
+that fails half its counter-prior questions 0.50-0.67), so shares decide only at the extremes, where a model
+barely uses one side at all, or when there is no behavioural evidence.
+"""
+
+from __future__ import annotations
+
+FOLLOW_FLOOR = 0.10  # a follows rate counts when its 95% interval lies above this
+SEVERITY = ((0.80, "severe"), (0.30, "moderate"), (FOLLOW_FLOOR, "slight"))
+SHARE_EXTREME = 0.80  # a share interval beyond this (or below 1 - this) decides on its own: one side barely used
+MIN_CONFLICTS = 10
+
+RULE = (f"language-reliant when, on the samples where the question alone gives a wrong answer, the model repeats "
+        f"that answer with a 95% interval above {FOLLOW_FLOOR:.2f} and more often than it repeats a wrong "
+        f"image-alone answer; vision-reliant the other way round; either side also when its share of the "
+        f"attribution has a 95% interval above {SHARE_EXTREME:.2f}; otherwise balanced. Severity from the "
+        f"winning rate: slight below {SEVERITY[1][0]:.2f}, moderate below {SEVERITY[0][0]:.2f}, severe from "
+        f"{SEVERITY[0][0]:.2f} or with an extreme share. Without {MIN_CONFLICTS} conflicts of either kind the "
+        "share alone decides: a side dominates when the share's interval lies beyond 0.5 +/- the margin")
+
+
+def severity(rate: float) -> str:
+    """slight / moderate / severe for a follows rate that cleared the floor."""
+    return next((name for cut, name in SEVERITY if rate >= cut), "slight")
+
+
+def _share(probes_summary: dict) -> tuple[dict | None, str | None]:
+    if "modality_shapley" in probes_summary:
+        return probes_summary["modality_shapley"]["language_share"], "modality_shapley"
+    if "mm_shap" in probes_summary:
+        return probes_summary["mm_shap"]["t_shap"], "mm_shap"
+    return None, None
+
+
+def _behaviour(conflict: dict) -> tuple[str | None, float | None]:
+    """The side the conflict rates point to and its rate, or (None, None)."""
+    rates = {}
+    for side, key, n_key in (("language", "follows_text", "n_text_conflicts"),
+                             ("vision", "follows_image", "n_image_conflicts")):
+        stat = conflict[key]
+        if conflict[n_key] >= MIN_CONFLICTS and stat["mean"] is not None:
+            rates[side] = stat
+    if not rates:
+        return None, None
+    lead = max(rates, key=lambda s: rates[s]["mean"])
+    other = rates.get("vision" if lead == "language" else "language")
+    clears = rates[lead]["ci95"][0] > FOLLOW_FLOOR and (other is None or rates[lead]["mean"] > other["mean"])
+    return (lead if clears else "balanced"), rates[lead]["mean"]
+
+
+def verdict(probes_summary: dict, margin: float) -> dict:
+    """The verdict record of summary.json (see reports/summary.schema.json)."""
+    share, share_probe = _share(probes_summary)
+    conflict = probes_summary.get("conflict")
+    out = {"dominant_modality": None, "severity": None, "leaning": None,
+           "language_share": share["mean"] if share else None, "ci95": share["ci95"] if share else [None, None],
+           "follows_text": conflict["follows_text"] if conflict else None,
+           "follows_image": conflict["follows_image"] if conflict else None,
+           "n_text_conflicts": conflict["n_text_conflicts"] if conflict else None,
+           "n_image_conflicts": conflict["n_image_conflicts"] if conflict else None,
+           "rests_on": None, "evidence": [], "margin": margin, "rule": RULE, "n": share["n"] if share else None}
+    side, rate = _behaviour(conflict) if conflict else (None, None)
+    extreme = None
+    if share and share["mean"] is not None:
+        lo, hi = share["ci95"]
+        extreme = "language" if lo > SHARE_EXTREME else "vision" if hi < 1 - SHARE_EXTREME else None
+    if side is not None:
+        out["rests_on"] = "conflict"
+        out["evidence"].append("conflict")
+        if side == "balanced" and extreme:
+            side, out["severity"] = extreme, "severe"
+            out["evidence"].append(share_probe)
+        elif side != "balanced":
+            out["severity"] = "severe" if extreme == side else severity(rate)
+            if extreme == side:
+                out["evidence"].append(share_probe)
+            elif extreme:
+                out["note"] = f"the {share_probe} share points the other way ({extreme})"
+        out["dominant_modality"] = side
+        out["severity"] = out["severity"] or "none"
+        return out
+    if share is None or share["mean"] is None:
+        out["note"] = "no share probe (modality_shapley or mm_shap) and too few conflicts (conflict probe) to judge"
+        return out
+    # no behavioural evidence: the share decides, against 0.5 +/- margin
+    lo, hi = share["ci95"]
+    side = "language" if lo > 0.5 + margin else "vision" if hi < 0.5 - margin else "balanced"
+    out.update(dominant_modality=side, rests_on=share_probe, evidence=[share_probe])
+    out["severity"] = "severe" if extreme else "none" if side == "balanced" else None  # None: not rated
+    if side == "balanced":  # say which way it leans when the whole interval is on one side of 0.5
+        out["leaning"] = "language" if lo > 0.5 else "vision" if hi < 0.5 else None
+    return out
