@@ -18,13 +18,13 @@ SEVERITY = ((0.80, "severe"), (0.30, "moderate"), (FOLLOW_FLOOR, "slight"))
 SHARE_EXTREME = 0.80  # a share interval beyond this (or below 1 - this) decides on its own: one side barely used
 MIN_CONFLICTS = 10
 
-RULE = (f"language-reliant when, on the samples where the question alone gives a wrong answer, the model repeats "
-        f"that answer with a 95% interval above {FOLLOW_FLOOR:.2f} and more often than it repeats a wrong "
-        f"image-alone answer; vision-reliant the other way round; either side also when its share of the "
-        f"attribution has a 95% interval above {SHARE_EXTREME:.2f}; otherwise balanced. Severity from the "
-        f"winning rate: slight below {SEVERITY[1][0]:.2f}, moderate below {SEVERITY[0][0]:.2f}, severe from "
-        f"{SEVERITY[0][0]:.2f} or with an extreme share. Without {MIN_CONFLICTS} conflicts of either kind the "
-        "share alone decides: a side dominates when the share's interval lies beyond 0.5 +/- the margin")
+RULE = (f"a side whose share of the attribution has a 95% interval above {SHARE_EXTREME:.2f} dominates "
+        f"(severe: the model barely uses the other side); otherwise language-reliant when, on the samples where the "
+        f"question alone gives a wrong answer, the model repeats that answer with a 95% interval above "
+        f"{FOLLOW_FLOOR:.2f} and more often than it repeats a wrong image-alone answer, vision-reliant the other "
+        f"way round, else balanced; severity from the winning rate: slight below {SEVERITY[1][0]:.2f}, moderate "
+        f"below {SEVERITY[0][0]:.2f}, severe from {SEVERITY[0][0]:.2f}. With fewer than {MIN_CONFLICTS} conflicts "
+        "of either kind the share alone decides: a side dominates when its interval lies beyond 0.5 +/- the margin")
 
 
 def severity(rate: float) -> str:
@@ -72,20 +72,16 @@ def verdict(probes_summary: dict, margin: float) -> dict:
     if share and share["mean"] is not None:
         lo, hi = share["ci95"]
         extreme = "language" if lo > SHARE_EXTREME else "vision" if hi < 1 - SHARE_EXTREME else None
+    if extreme:  # the model barely uses the other side at all (an exact attribution): that decides
+        out.update(dominant_modality=extreme, severity="severe", rests_on=share_probe, evidence=[share_probe])
+        if side is not None:
+            out["evidence"].append("conflict")
+        if side not in (None, "balanced", extreme):
+            out["note"] = f"the conflicts point the other way ({side})"
+        return out
     if side is not None:
-        out["rests_on"] = "conflict"
-        out["evidence"].append("conflict")
-        if side == "balanced" and extreme:
-            side, out["severity"] = extreme, "severe"
-            out["evidence"].append(share_probe)
-        elif side != "balanced":
-            out["severity"] = "severe" if extreme == side else severity(rate)
-            if extreme == side:
-                out["evidence"].append(share_probe)
-            elif extreme:
-                out["note"] = f"the {share_probe} share points the other way ({extreme})"
-        out["dominant_modality"] = side
-        out["severity"] = out["severity"] or "none"
+        out.update(dominant_modality=side, severity="none" if side == "balanced" else severity(rate),
+                   rests_on="conflict", evidence=["conflict"])
         return out
     if share is None or share["mean"] is None:
         out["note"] = "no share probe (modality_shapley or mm_shap) and too few conflicts (conflict probe) to judge"
@@ -94,7 +90,7 @@ def verdict(probes_summary: dict, margin: float) -> dict:
     lo, hi = share["ci95"]
     side = "language" if lo > 0.5 + margin else "vision" if hi < 0.5 - margin else "balanced"
     out.update(dominant_modality=side, rests_on=share_probe, evidence=[share_probe])
-    out["severity"] = "severe" if extreme else "none" if side == "balanced" else None  # None: not rated
+    out["severity"] = "none" if side == "balanced" else None  # a mid-scale share cannot rate severity
     if side == "balanced":  # say which way it leans when the whole interval is on one side of 0.5
         out["leaning"] = "language" if lo > 0.5 else "vision" if hi < 0.5 else None
     return out

@@ -76,28 +76,33 @@ def verdict_sentence(summary: dict) -> str:
     if v.get("dominant_modality") is None:
         return f"No verdict: {v.get('note', 'no share probe was run')}."
     share = share_phrase(v)
-    if v.get("rests_on") == "conflict":
-        words = [f"The model follows the question's wording over the image on {pct(v['follows_text'])} of "
-                 f"{v['n_text_conflicts']} conflicts (questions that, asked without the image, get a wrong answer); "
-                 "a model that looks at the image answers them correctly."]
-        if v.get("follows_image") and v["follows_image"].get("mean") is not None:
-            words.append(f"Where the image alone (question masked) suggests a wrong answer, it gives that answer on "
-                         f"{pct(v['follows_image'])} of {v['n_image_conflicts']}.")
-        if share:
-            words.append(f"Attribution: {share} (95% interval).")
-        if v.get("note"):
-            words.append(f"Note: {v['note']}.")
-        return " ".join(words)
-    word = {"language": "relies mostly on the question text", "vision": "relies mostly on the image",
-            "balanced": "uses image and text in balance (no side's interval clears the margin)"}[v["dominant_modality"]]
-    if v.get("leaning"):
-        language = v["leaning"] == "language"
-        side, where = ("the question text", "above") if language else ("the image", "below")
-        bound = 0.5 + v.get("margin", 0.05) * (1 if language else -1)
-        word = (f"leans on {side}, within the margin (the interval lies {where} 0.5 but does not clear "
-                f"{bound:.2f})")
-    return (f"The model {word}: {share} (95% interval, {v['rests_on']}; no conflict evidence, so the share alone "
-            "decides).")
+    evidence = v.get("evidence") or []
+    if "conflict" not in evidence:
+        if v.get("severity") == "severe":  # an extreme share decided on its own
+            other = "image" if v["dominant_modality"] == "language" else "question"
+            return f"The model barely uses the {other}: {share} (95% interval, {v['rests_on']})."
+        word = {"language": "relies mostly on the question text", "vision": "relies mostly on the image",
+                "balanced": "uses image and text in balance (no side's interval clears the margin)"}[
+            v["dominant_modality"]]
+        if v.get("leaning"):
+            language = v["leaning"] == "language"
+            side, where = ("the question text", "above") if language else ("the image", "below")
+            bound = 0.5 + v.get("margin", 0.05) * (1 if language else -1)
+            word = (f"leans on {side}, within the margin (the interval lies {where} 0.5 but does not clear "
+                    f"{bound:.2f})")
+        return (f"The model {word}: {share} (95% interval, {v['rests_on']}; no conflict evidence, so the share "
+                "alone decides).")
+    words = [f"The model follows the question's wording over the image on {pct(v['follows_text'])} of "
+             f"{v['n_text_conflicts']} conflicts (questions that, asked without the image, get a wrong answer); a "
+             "model that looks at the image answers them correctly."]
+    if v.get("follows_image") and v["follows_image"].get("mean") is not None:
+        words.append(f"Where the image alone (question masked) suggests a wrong answer, it gives that answer on "
+                     f"{pct(v['follows_image'])} of {v['n_image_conflicts']}.")
+    if share:
+        words.append(f"Attribution: {share} (95% interval).")
+    if v.get("note"):
+        words.append(f"Note: {v['note']}.")
+    return " ".join(words)
 
 
 def sections(summary: dict) -> list[Section]:

@@ -74,11 +74,52 @@ def test_compare_reports_paired_differences(tiny_llava, fast_config, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out, baseline in ((a, "blank"), (b, "noise")):
         assert _audit(tiny_llava, "synth:shapes-p90/test-cp", out, "--max-samples", "4", "--config", fast_config,
-                      "--probes", "modality_shapley,ablation", "--image-baseline", baseline) == 0
+                      "--probes", "modality_shapley,conflict,ablation", "--image-baseline", baseline) == 0
     assert main(["report", str(a), "--compare", str(b), "--out", str(tmp_path / "cmp.html")]) == 0
     page = (tmp_path / "cmp.html").read_text()
     assert "paired over the same samples" in page and "language share" in page
+    assert page.count('class="verdict ') == 2 and "After: " in page and "follows the wording" in page
+    assert page.count("<img") >= 4  # the key plots, before and after
     assert (tmp_path / "cmp.md").exists()
+
+
+def test_compare_marks_each_measure_by_its_direction():
+    from mbias.reports.compare import compare_rows
+
+    def rec(i, correct, follows, share):
+        return {"id": str(i), "image_key": str(i), "correct": correct,
+                "probes": {"conflict": {"follows_text": follows}, "modality_shapley": {"language_share": share}}}
+
+    before = [rec(i, 0.0, 1.0, 0.8) for i in range(30)]
+    after = [rec(i, 1.0, 0.0, 0.6) for i in range(30)]
+    rows = {r["key"]: r["judgement"] for r in compare_rows(before, after, "language")[0]}
+    assert rows == {"accuracy": "better", "follows_text": "better", "language_share": "better"}
+    rows = {r["key"]: r["judgement"] for r in compare_rows(before, after, "vision")[0]}
+    assert rows["language_share"] == "worse"  # away from the image for a model that leaned on it
+    rows = {r["key"]: r["judgement"] for r in compare_rows(after, after, "language")[0]}
+    assert set(rows.values()) == {"no clear change"}
+
+
+def test_the_audited_adapter_is_named_in_every_output(tiny_llava, fast_config, tmp_path):
+    from mbias.finetune.config import FinetuneConfig
+    from mbias.finetune.run import run_finetune
+
+    ft = run_finetune(tiny_llava, "synth:shapes-p90/train", tmp_path / "my-adapter", progress=False,
+                      config=FinetuneConfig(recipe="poe", max_steps=2, batch_size=4, max_train_samples=8))
+    before, after = tmp_path / "before", tmp_path / "after"
+    args = ("--max-samples", "3", "--config", fast_config, "--probes", "modality_shapley,conflict")
+    assert _audit(tiny_llava, "synth:shapes-p90/test-cp", before, *args) == 0
+    assert _audit(tiny_llava, "synth:shapes-p90/test-cp", after, "--adapter", str(ft), *args) == 0
+    summary = json.loads((after / "summary.json").read_text())
+    assert summary["adapter"]["path"] == str(ft) and summary["adapter"]["recipe"] == "poe"
+    assert summary["adapter"]["steps"] == 2 and summary["adapter"]["base_model"] == tiny_llava
+    assert json.loads((before / "summary.json").read_text())["adapter"] is None
+    assert main(["report", str(before), "--compare", str(after), "--out", str(tmp_path / "cmp.html")]) == 0
+    for page in (after / "report.html", after / "report.md", after / "model_card.md", tmp_path / "cmp.html"):
+        text = page.read_text()
+        assert str(ft) in text and "poe, 2 steps" in text, page
+    card = (after / "model_card.md").read_text()
+    assert card.startswith("---\nbase_model: ") and f"base_model: {tiny_llava}" in card
 
 
 def _jsonl(tmp_path, records, images=True):

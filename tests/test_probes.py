@@ -160,3 +160,53 @@ def test_summaries_have_intervals(llava, shapes_image):
     assert lo <= ms["language_share"]["mean"] <= hi
     deg = PROBES.get("degradation")().summarize(records["degradation"], groups)
     assert math.isfinite(deg["image"]["auc"])
+
+
+def _verdict_of(adapter, examples, swap_image):
+    """The audit's verdict over ``examples`` from modality_shapley and conflict (question alone = the baseline
+    image, so a model that cannot see gives exactly its full answer)."""
+    from mbias.diagnose.verdict import verdict
+    from mbias.probes.conflict import ConflictConfig
+
+    probes = {"modality_shapley": PROBES.get("modality_shapley")(),
+              "conflict": PROBES.get("conflict")(ConflictConfig(image_absent="baseline"))}
+    records = {n: [] for n in probes}
+    for ex in examples:
+        ctx = SampleContext(adapter, adapter.prepare(ex), swap_image=swap_image)
+        for name, probe in probes.items():
+            records[name].append(probe.run(ctx))
+    groups = [ex.id for ex in examples]
+    summaries = {n: probes[n].summarize(r, groups) for n, r in records.items()}
+    return verdict(summaries, 0.05), summaries["conflict"]
+
+
+def _examples(n=10):
+    from mbias.synth import load_synth
+
+    ds = load_synth("shapes-p90/test-balanced")
+    return [ds[i] for i in range(n)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_blind_models_read_language_dominant_and_deaf_ones_vision_dominant(family, tiny_model_dir, shapes_image):
+    from mbias.reports.content import verdict_label
+
+    examples = _examples()
+    blind = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    _zero_projector(blind)
+    v, conflict = _verdict_of(blind, examples, shapes_image)
+    assert (verdict_label(v), v["severity"]) == ("language-dominant", "severe")
+    if conflict["n_text_conflicts"]:  # it gives the question-alone answer whatever the image shows
+        assert conflict["follows_text"]["mean"] == 1.0
+
+    deaf = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    ids = {deaf.text_baseline_id()}
+    for ex in examples:
+        prepared = deaf.prepare(ex)
+        ids |= set(prepared.prompt_ids[prepared.question_positions].tolist())
+    with torch.no_grad():
+        deaf.model.get_input_embeddings().weight[sorted(ids)] = 0.0
+    v, conflict = _verdict_of(deaf, examples, shapes_image)
+    assert (verdict_label(v), v["severity"]) == ("vision-dominant", "severe")
+    if conflict["n_image_conflicts"]:  # it gives the image-alone answer whatever was asked
+        assert conflict["follows_image"]["mean"] == 1.0

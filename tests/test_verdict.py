@@ -66,7 +66,15 @@ def test_a_mid_scale_share_does_not_override_the_conflicts():
 
 def test_an_extreme_share_raises_the_severity_on_its_side():
     v = _v(follows_text=stat(0.5, 0.4, 0.6), follows_image=stat(0.1), share=stat(0.9, 0.85, 0.95))
-    assert (v["severity"], v["evidence"]) == ("severe", ["conflict", "modality_shapley"])
+    assert (v["severity"], v["evidence"]) == ("severe", ["modality_shapley", "conflict"])
+    assert "on 50% [40, 60] of 100 conflicts" in verdict_sentence({"verdict": v})
+
+
+def test_an_extreme_share_wins_over_conflicts_that_point_the_other_way():
+    # a model that cannot see (share 1.0) whose random answers happen to repeat the image-alone ones
+    v = _v(follows_text=stat(0.2, 0.15, 0.25), follows_image=stat(0.6, 0.5, 0.7), share=stat(0.99, 0.98, 1.0))
+    assert (v["dominant_modality"], v["severity"]) == ("language", "severe")
+    assert "vision" in v["note"]
 
 
 @pytest.mark.parametrize("n, rests_on", [(MIN_CONFLICTS, "conflict"), (MIN_CONFLICTS - 1, "modality_shapley")])
