@@ -41,30 +41,33 @@ BASES = {0: "zoo:shapes-p90", 1: "zoo:shapes-p90-seed1", 2: "zoo:shapes-p90-seed
 SPLITS = ("test-cp", "test-balanced", "test-id")
 VAL = {"val-balanced": "synth:shapes-p00/val", "val": "synth:shapes-p90/val"}
 
-# The comparison's arms. poe / lmh / mdpo use the settings that won on val (results/recipe_selection.md);
-# the seed balancing recipes run at their defaults (their own selection is issue 16's benchmark).
+# The comparison's arms. poe / lmh / mdpo at the settings that won on val (results/recipe_selection.md), plus
+# poe with the label-free default expert and LPF; the seed balancing recipes at their defaults (their own benchmark
+# is the learning-speed scenario).
 ARMS = [
     ("lora", "lora", {}),
-    ("poe", "poe", {"bias_expert": "no_image"}),
-    ("poe-lpf", "poe", {"bias_expert": "no_image", "mode": "lpf"}),
-    ("poe-table", "poe", {"bias_expert": "prior_table"}),
-    ("lmh", "lmh", {"bias_expert": "no_image"}),
-    ("lmh-table", "lmh", {"bias_expert": "prior_table"}),
-    ("mdpo", "mdpo", {"rejected_answer": "text_only"}),
+    ("poe", "poe", {"bias_expert": "prior_table"}),
+    ("poe-no_image", "poe", {"bias_expert": "no_image"}),
+    ("poe-lpf-no_image", "poe", {"bias_expert": "no_image", "mode": "lpf"}),
+    ("lmh", "lmh", {"bias_expert": "prior_table", "entropy_weight": 0.1}),
+    ("mdpo", "mdpo", {"corruption": "crop", "rejected_answer": "text_only", "beta": 1.0}),
     ("msam", "msam", {}), ("miles", "miles", {}), ("mnl", "mnl", {}), ("cggm", "cggm", {}), ("ogm_ge", "ogm_ge", {}),
     ("lora-on-unbiased-data", "lora", {"data": BALANCED_DATA}),
 ]
 # --select: every setting tried, one run each on base build 0
 GRID = [
     ("lora", "lora", {}),
+    ("lora-on-unbiased-data", "lora", {"data": BALANCED_DATA}),
     *[(f"poe-{e}-{m}", "poe", {"bias_expert": e, "mode": m})
       for e in ("no_image", "masked_image", "prior_table") for m in ("product", "lpf")],
     ("poe-no_image-product-tokens", "poe", {"bias_expert": "no_image", "answer_space": "tokens"}),
     *[(f"lmh-{e}-H{w}", "lmh", {"bias_expert": e, "entropy_weight": w})
-      for e in ("no_image", "prior_table") for w in (0.36, 0.1)],
+      for e in ("no_image", "prior_table") for w in (0.36, 0.1, 1.0)],
     *[(f"mdpo-{c}-{r}-b{b}", "mdpo", {"corruption": c, "rejected_answer": r, "beta": b})
       for c in ("blank", "crop") for r in ("none", "text_only") for b in (0.1, 0.5)],
+    ("mdpo-crop-text_only-b1.0", "mdpo", {"corruption": "crop", "rejected_answer": "text_only", "beta": 1.0}),
 ]
+REFERENCE = "lora-on-unbiased-data"  # not a recipe: how far a model that stops following the cue falls in-distribution
 
 
 def hierarchical(values: dict[int, np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
@@ -241,9 +244,14 @@ def run_selection(args) -> None:
               flush=True)
     metrics = list(VAL)
     table = summarise(results, metrics)
+    # best = highest balanced-val accuracy among the settings whose in-distribution val accuracy does not fall
+    # below the unbiased-data reference's: losing more than a model that simply stopped following the cue is damage
+    floor = table[REFERENCE]["val"]["mean"]
     best = {}
     for name, recipe, config in GRID:
         score = table[name]["val-balanced"]["mean"]
+        if name == REFERENCE or table[name]["val"]["mean"] < floor:
+            continue
         if recipe not in best or score > best[recipe][1]:
             best[recipe] = (name, score, config)
     meta = {"command": "python benchmarks/recipe_comparison.py --select", "base": BASES[0], "steps": args.steps,
@@ -261,8 +269,10 @@ def run_selection(args) -> None:
         r = table[name]
         lines.append(f"| {name} | {fmt(r['val-balanced'])} | {fmt(r.get('val-balanced vs lora'), True)} | "
                      f"{fmt(r['val'])} | {fmt(r.get('val vs lora'), True)} | {timing[name]:.3f} |")
-    lines += ["", "Best setting per recipe by val-balanced accuracy: " + "; ".join(
-        f"{r}: `{b[0]}` {json.dumps(b[2])}" for r, b in best.items()) + "."]
+    lines += ["", f"Best setting per recipe: the highest val-balanced accuracy among settings whose in-distribution val "
+              f"accuracy stays at or above the unbiased-data reference's ({floor:.3f}; a model that stops following a "
+              "90% cue must lose some in-distribution accuracy, more than that is damage): " + "; ".join(
+                  f"{r}: `{b[0]}` {json.dumps(b[2])}" for r, b in best.items()) + "."]
     (OUT / "recipe_selection.md").write_text("\n".join(lines) + "\n")
     print((OUT / "recipe_selection.md").read_text())
 

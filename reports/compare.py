@@ -117,23 +117,31 @@ def headline(rows: list[dict], va: dict, vb: dict) -> str:
         f"{verdicts[0].upper()}{verdicts[1:]}."
 
 
-def _figures(a: Path, b: Path, sa: dict, sb: dict, recs_a, recs_b) -> list[tuple[str, bytes | None, bytes | None]]:
+def _figures(sa: dict, sb: dict, recs_a, recs_b) -> list[tuple[str, bytes | None, bytes | None]]:
     return [("Accuracy under counterfactual inputs", plots.ablation(sa), plots.ablation(sb)),
             ("Per-sample language share", plots.share_distribution(recs_a), plots.share_distribution(recs_b))]
 
 
-def write_compare(a: Path, b: Path, out: Path | None) -> Path:
+def comparison(a: Path, b: Path) -> dict:
+    """Both summaries and records, the measure rows, whether they are paired, and the headline sentence."""
     sa, sb = _load_summary(a), _load_summary(b)
-    va, vb = sa["verdict"], sb["verdict"]
     recs_a, recs_b = _records(a), _records(b)
-    rows, paired = compare_rows(recs_a, recs_b, va.get("dominant_modality"))
+    rows, paired = compare_rows(recs_a, recs_b, sa["verdict"].get("dominant_modality"))
+    return {"before": sa, "after": sb, "records": (recs_a, recs_b), "rows": rows, "paired": paired,
+            "headline": headline(rows, sa["verdict"], sb["verdict"])}
+
+
+def write_compare(a: Path, b: Path, out: Path | None) -> Path:
+    c = comparison(a, b)
+    sa, sb, rows, paired, lead = c["before"], c["after"], c["rows"], c["paired"], c["headline"]
+    va, vb = sa["verdict"], sb["verdict"]
+    recs_a, recs_b = c["records"]
     target = out or (a / "compare.html")
     if target.suffix != ".html":
         target.mkdir(parents=True, exist_ok=True)
         target = target / "compare.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     how = "paired over the same samples" if paired else "independent samples"
-    lead = headline(rows, va, vb)
     e = html.escape
     table = ["<table><tr><th>measure</th><th>before</th><th>after</th><th>after - before [95% CI]</th>"
              "<th></th></tr>"]
@@ -144,7 +152,7 @@ def write_compare(a: Path, b: Path, out: Path | None) -> Path:
                      f"<td class=\"{mark}\"><b>{e(r['judgement'])}</b></td></tr>")
     table.append("</table>")
     figures = []
-    for title, before, after in _figures(a, b, sa, sb, recs_a, recs_b):
+    for title, before, after in _figures(sa, sb, recs_a, recs_b):
         if before and after:
             figures.append(f"<section><h2>{e(title)}</h2><div class=\"pair\"><figure><figcaption>before"
                            f"</figcaption><img class=\"plot\" src=\"{plots.data_uri(before)}\" alt=\"{e(title)}, "
