@@ -26,6 +26,10 @@ OUT = Path(__file__).parent / "results"
 RUNS = [  # (row name, recipe, recipe settings)
     ("lora", "lora", {}), ("msam", "msam", {}), ("msam direction=previous", "msam", {"direction": "previous"}),
     ("miles", "miles", {}), ("mnl", "mnl", {}), ("cggm", "cggm", {}), ("ogm_ge", "ogm_ge", {}),
+    # the debiasing recipes at the settings the recipe comparison uses (results/recipe_selection.md)
+    ("poe prior_table", "poe", {"bias_expert": "prior_table"}), ("poe no_image", "poe", {"bias_expert": "no_image"}),
+    ("lmh prior_table", "lmh", {"bias_expert": "prior_table", "entropy_weight": 0.1}),
+    ("mdpo crop text_only", "mdpo", {"corruption": "crop", "rejected_answer": "text_only", "beta": 1.0}),
 ]
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from mbias.config import build_config, load_yaml, values_from_args
 from mbias.diagnose.config import AuditConfig
 from mbias.diagnose.runner import run_audit
-
-from mbias.config import build_config, load_yaml, values_from_args
 from mbias.models.config import AdapterConfig
 from mbias.models.loading import LoadOptions
 
@@ -21,6 +20,8 @@ def audit_config_from_args(args) -> AuditConfig:
         cli["max_samples"] = args.max_samples
     if args.seed is not None:
         cli["seed"] = args.seed
+    if args.columns is not None:
+        cli["columns"] = args.columns
     return build_config(AuditConfig, file_values, cli, where=args.config or "flags")
 
 
@@ -42,7 +43,10 @@ def verdict_line(summary: dict, where: str) -> str:
     if v["dominant_modality"] is None:
         return f"audit of {summary['n_samples']} samples written to {where} (no verdict: {v.get('note')})"
     parts = []
-    if v.get("rests_on") == "conflict":
+    if "conflict" in (v.get("evidence") or []):
+        if v["dominant_modality"] == "vision":
+            parts.append(f"gives the image-alone answer over the question on {pct(v['follows_image'])} of "
+                         f"{v['n_image_conflicts']} image conflicts")
         parts.append(f"follows the wording over the image on {pct(v['follows_text'])} of {v['n_text_conflicts']} "
                      "conflicts")
     if v.get("language_share") is not None:

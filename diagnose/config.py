@@ -8,9 +8,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mbias.config import build_config
+from mbias.config import build_config, check_number
 from mbias.errors import ConfigError
 from mbias.models.config import AdapterConfig
+from mbias.records import parse_columns
 
 
 def _default_probes() -> list[str]:
@@ -29,6 +30,9 @@ class AuditConfig:
     verdict_margin: float = field(default=0.05, metadata={
         "help": "a modality dominates when its share's 95% interval lies above 0.5 + margin"})
     report_examples: int = field(default=4, metadata={"help": "examples with attribution overlays in the report"})
+    columns: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "dataset columns under other names, e.g. answer=multiple_choice_answer,question=text (see "
+                "docs/datasets.md)"})
     adapter: AdapterConfig = field(default_factory=AdapterConfig, metadata={"help": "masking and scoring"})
     probe_config: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-probe settings, e.g. {mm_shap: {n_permutations: 10}}"})
@@ -40,10 +44,11 @@ class AuditConfig:
             self.probes = [p.strip() for p in self.probes.split(",") if p.strip()]
         if not self.probes:
             raise ConfigError("no probes selected")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"max_samples must be >= 1; got {self.max_samples}")
-        if not 0 <= self.verdict_margin < 0.5:
-            raise ConfigError(f"verdict_margin must be in [0, 0.5); got {self.verdict_margin}")
+        self.columns = parse_columns(self.columns)
+        check_number(self, "max_samples", integer=True, ge=1, optional=True)
+        check_number(self, "seed", integer=True, ge=0)
+        check_number(self, "verdict_margin", ge=0, lt=0.5)
+        check_number(self, "report_examples", integer=True, ge=0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,10 +17,10 @@ from pathlib import Path
 from mbias.diagnose import store
 from mbias.diagnose.aggregate import summarize
 from mbias.diagnose.config import AuditConfig, build_probes
-from mbias.probes.base import KEEP, SampleContext
-
 from mbias.errors import ConfigError, DataError
 from mbias.models.loading import LoadOptions, adapter_record
+from mbias.outdir import check_out_dir
+from mbias.probes.base import KEEP, SampleContext
 from mbias.provenance import provenance
 
 logger = logging.getLogger(__name__)
@@ -80,11 +80,11 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
 
     config = config or AuditConfig()
     load = load or LoadOptions()
-    out = Path(out)
-    # everything a user can get wrong is checked before the first byte is written
-    loaded = load_data(data, on_error=on_error, max_samples=config.max_samples)
-    examples = loaded.examples
+    # everything a user can get wrong is checked before the first byte is written, the cheap checks first
+    out = check_out_dir(out)
     probes = build_probes(config)
+    loaded = load_data(data, on_error=on_error, max_samples=config.max_samples, columns=config.columns)
+    examples = loaded.examples
     fingerprint = config.fingerprint(model, load.adapter, data)
     rank, world, state = _distributed()
     adapter = load.load(model, config=config.adapter, device=str(state.device) if state else None)

@@ -20,11 +20,12 @@ MIN_CONFLICTS = 10
 
 RULE = (f"a side whose share of the attribution has a 95% interval above {SHARE_EXTREME:.2f} dominates "
         f"(severe: the model barely uses the other side); otherwise language-reliant when, on the samples where the "
-        f"question alone gives a wrong answer, the model repeats that answer with a 95% interval above "
-        f"{FOLLOW_FLOOR:.2f} and more often than it repeats a wrong image-alone answer, vision-reliant the other "
-        f"way round, else balanced; severity from the winning rate: slight below {SEVERITY[1][0]:.2f}, moderate "
-        f"below {SEVERITY[0][0]:.2f}, severe from {SEVERITY[0][0]:.2f}. With fewer than {MIN_CONFLICTS} conflicts "
-        "of either kind the share alone decides: a side dominates when its interval lies beyond 0.5 +/- the margin")
+        f"question alone gives a wrong answer, the model repeats that answer (95% interval above "
+        f"{FOLLOW_FLOOR:.2f}); vision-reliant when, where the image alone gives a wrong answer, it repeats that one "
+        f"(interval above {FOLLOW_FLOOR:.2f}) and the language share's interval lies below 0.5; if both, the higher "
+        f"rate; else balanced. Severity from the winning rate: slight below {SEVERITY[1][0]:.2f}, moderate below "
+        f"{SEVERITY[0][0]:.2f}, severe from {SEVERITY[0][0]:.2f}. With fewer than {MIN_CONFLICTS} conflicts of "
+        "either kind the share alone decides: a side dominates when its interval lies beyond 0.5 +/- the margin")
 
 
 def severity(rate: float) -> str:
@@ -40,20 +41,34 @@ def _share(probes_summary: dict) -> tuple[dict | None, str | None]:
     return None, None
 
 
-def _behaviour(conflict: dict) -> tuple[str | None, float | None]:
-    """The side the conflict rates point to and its rate, or (None, None)."""
-    rates = {}
-    for side, key, n_key in (("language", "follows_text", "n_text_conflicts"),
-                             ("vision", "follows_image", "n_image_conflicts")):
+def _behaviour(conflict: dict, share: dict | None) -> tuple[str | None, float | None]:
+    """The side the conflict rates point to and its rate, or (None, None) without enough conflicts.
+
+    Following the wording is the behavioural definition of a language prior, so ``follows_text`` counts on its own.
+    ``follows_image`` is weaker evidence: when an example has choices, masking the question does not hide what
+    kind of answer is wanted (the choices say it), so a model that *misperceives* the same way with and without
+    the question repeats its image-alone answer too. It counts only when the attribution agrees that the image
+    carries more of the answer than the question (the share's interval below 0.5).
+    """
+    def rate(key, n_key):
         stat = conflict[key]
-        if conflict[n_key] >= MIN_CONFLICTS and stat["mean"] is not None:
-            rates[side] = stat
-    if not rates:
+        ok = conflict[n_key] >= MIN_CONFLICTS and stat["mean"] is not None
+        return stat if ok else None
+
+    text, image = rate("follows_text", "n_text_conflicts"), rate("follows_image", "n_image_conflicts")
+    if text is None and image is None:
         return None, None
-    lead = max(rates, key=lambda s: rates[s]["mean"])
-    other = rates.get("vision" if lead == "language" else "language")
-    clears = rates[lead]["ci95"][0] > FOLLOW_FLOOR and (other is None or rates[lead]["mean"] > other["mean"])
-    return (lead if clears else "balanced"), rates[lead]["mean"]
+    language = text is not None and text["ci95"][0] > FOLLOW_FLOOR
+    vision = (image is not None and image["ci95"][0] > FOLLOW_FLOOR and share is not None
+              and share["mean"] is not None and share["ci95"][1] < 0.5)
+    if language and vision:
+        language = text["mean"] >= image["mean"]
+        vision = not language
+    if language:
+        return "language", text["mean"]
+    if vision:
+        return "vision", image["mean"]
+    return "balanced", None
 
 
 def verdict(probes_summary: dict, margin: float) -> dict:
@@ -67,7 +82,7 @@ def verdict(probes_summary: dict, margin: float) -> dict:
            "n_text_conflicts": conflict["n_text_conflicts"] if conflict else None,
            "n_image_conflicts": conflict["n_image_conflicts"] if conflict else None,
            "rests_on": None, "evidence": [], "margin": margin, "rule": RULE, "n": share["n"] if share else None}
-    side, rate = _behaviour(conflict) if conflict else (None, None)
+    side, rate = _behaviour(conflict, share) if conflict else (None, None)
     extreme = None
     if share and share["mean"] is not None:
         lo, hi = share["ci95"]

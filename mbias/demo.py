@@ -2,9 +2,9 @@
 
 1. build (or load from the cache) ``zoo:shapes-p90``, a tiny LLaVA trained with a 90% language prior;
 2. audit it with every probe on the counter-prior split, where following the prior is always wrong;
-3. fine-tune it with the recipe that measured best against this bias (``poe``: a product of experts with the
-   model itself, before fine-tuning and without the image, as the detached bias expert; see docs/recipes.md) and
-   audit the result;
+3. fine-tune it with the recipe that measured best against this bias (``poe``: a product of experts with a
+   detached bias expert, the training data's answer counts per question wording; docs/recipes.md) and audit the
+   result;
 4. write the reports and a before/after comparison, and say where they are with the verdicts.
 """
 
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 MODEL = "zoo:shapes-p90"
 AUDIT_DATA = "synth:shapes-p90/test-cp"
 TRAIN_DATA = "synth:shapes-p90/train"
-DEMO_RECIPE = "poe"
+DEMO_RECIPE, DEMO_RECIPE_CONFIG = "poe", {"bias_expert": "prior_table"}  # best on val: results/recipe_selection.md
 STEPS = 100
 
 
@@ -51,9 +51,10 @@ def run_demo(args, say: Callable[[str], None] = logger.info) -> int:
 
     steps = STEPS // 4 if args.quick else STEPS
     say(f"[3/4] fine-tuning it on {TRAIN_DATA} (the same biased data) with the {DEMO_RECIPE} recipe ({steps} LoRA "
-        "steps): a product of experts with the model itself, before fine-tuning and without the image, so the "
-        "examples the wording already explains teach it little and those it does not teach it to look")
-    config_ft = FinetuneConfig(recipe=DEMO_RECIPE, max_steps=steps, batch_size=32, lr=1e-3)
+        "steps): a product of experts with the answer counts per question wording, so the examples the wording "
+        "already explains teach the model little and those it does not teach it to look")
+    config_ft = FinetuneConfig(recipe=DEMO_RECIPE, recipe_config=DEMO_RECIPE_CONFIG, max_steps=steps, batch_size=32,
+                               lr=1e-3)
     adapter_dir = run_finetune(MODEL, TRAIN_DATA, out / "finetune", config=config_ft, progress=progress)
 
     say(f"[4/4] auditing the fine-tuned model on {AUDIT_DATA}")

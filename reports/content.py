@@ -197,7 +197,7 @@ def adapter_phrase(adapter: dict | None) -> str:
     """``LoRA adapter ft/ (poe, 200 steps)`` for an audited PEFT adapter record, or ''."""
     if not adapter:
         return ""
-    kind = adapter.get("peft_type") or "PEFT"
+    kind = {"LORA": "LoRA"}.get(adapter.get("peft_type"), adapter.get("peft_type") or "PEFT")
     trained = ", ".join(x for x in (adapter.get("recipe"), f"{adapter['steps']} steps" if adapter.get("steps") else "")
                         if x)
     return f"{kind} adapter {adapter['path']}" + (f" ({trained})" if trained else "")

@@ -43,10 +43,20 @@ def test_severity_bands(rate, severity):
 
 
 def test_the_side_that_wins_more_conflicts_is_the_verdict():
-    v = _v(follows_text=stat(0.3, 0.2, 0.4), follows_image=stat(0.9, 0.85, 0.95), share=stat(0.5))
+    v = _v(follows_text=stat(0.3, 0.2, 0.4), follows_image=stat(0.9, 0.85, 0.95), share=stat(0.4, 0.35, 0.45))
     assert (v["dominant_modality"], v["severity"]) == ("vision", "severe")
-    v = _v(follows_text=stat(0.5, 0.4, 0.6), follows_image=stat(0.45, 0.35, 0.55), share=stat(0.5))
+    v = _v(follows_text=stat(0.5, 0.4, 0.6), follows_image=stat(0.45, 0.35, 0.55), share=stat(0.4, 0.35, 0.45))
     assert v["dominant_modality"] == "language"
+
+
+@pytest.mark.parametrize("share_hi, side", [(0.49, "vision"), (0.5, "language"), (0.7, "language")])
+def test_following_the_image_counts_only_when_the_attribution_agrees(share_hi, side):
+    # a model that misperceives the same way with and without the question repeats its image-alone answer too
+    v = _v(follows_text=stat(0.3, 0.2, 0.4), follows_image=stat(0.45, 0.3, 0.6), share=stat(share_hi - 0.05, 0.3,
+                                                                                              share_hi))
+    assert v["dominant_modality"] == side
+    v = _v(follows_text=stat(0.05, 0.0, 0.1), follows_image=stat(0.45, 0.3, 0.6), share=stat(0.55, 0.5, 0.6))
+    assert v["dominant_modality"] == "balanced"
 
 
 @pytest.mark.parametrize("lo, hi, side", [(SHARE_EXTREME + 0.01, 0.95, "language"), (SHARE_EXTREME, 0.95, "balanced"),
@@ -71,10 +81,10 @@ def test_an_extreme_share_raises_the_severity_on_its_side():
 
 
 def test_an_extreme_share_wins_over_conflicts_that_point_the_other_way():
-    # a model that cannot see (share 1.0) whose random answers happen to repeat the image-alone ones
-    v = _v(follows_text=stat(0.2, 0.15, 0.25), follows_image=stat(0.6, 0.5, 0.7), share=stat(0.99, 0.98, 1.0))
-    assert (v["dominant_modality"], v["severity"]) == ("language", "severe")
-    assert "vision" in v["note"]
+    # a model that cannot read (share 0.0) whose answers happen to repeat the question-alone ones
+    v = _v(follows_text=stat(0.5, 0.4, 0.6), follows_image=stat(0.05, 0.0, 0.1), share=stat(0.01, 0.0, 0.02))
+    assert (v["dominant_modality"], v["severity"]) == ("vision", "severe")
+    assert "language" in v["note"]
 
 
 @pytest.mark.parametrize("n, rests_on", [(MIN_CONFLICTS, "conflict"), (MIN_CONFLICTS - 1, "modality_shapley")])
