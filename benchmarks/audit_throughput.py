@@ -28,10 +28,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from mbias.diagnose.config import AuditConfig, build_probes
-    from mbias.probes import SampleContext
 
+    from mbias.diagnose.config import AuditConfig, build_probes
     from mbias.models import load_adapter
+    from mbias.probes import SampleContext
     from mbias.synth import load_synth
     from mbias.zoo import zoo_model_path
 
@@ -97,6 +97,7 @@ def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
     same relative masking position) to LLaVA-1.5-7B's image, where the image dominates the sequence.
     """
     import torch
+
     from mbias.probes import SampleContext
 
     image_tokens = set()

@@ -129,9 +129,8 @@ class FlopCounter:
 
 def audit(model_dir: Path, device: str, n: int, quant: bool) -> dict:
     from mbias.diagnose.config import AuditConfig, build_probes
-    from mbias.probes import SampleContext
-
     from mbias.models import AdapterConfig, load_adapter
+    from mbias.probes import SampleContext
     from mbias.synth import load_synth
 
     dev = torch.device(device)
@@ -165,7 +164,6 @@ def audit(model_dir: Path, device: str, n: int, quant: bool) -> dict:
 def qlora_msam_step(model_dir: Path, device: str, quant: bool) -> dict:
     from mbias.finetune.config import FinetuneConfig
     from mbias.finetune.run import run_finetune
-
     from mbias.models import LoadOptions
 
     if torch.device(device).type == "cuda":

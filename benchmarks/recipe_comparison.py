@@ -38,6 +38,7 @@ OUT = Path(__file__).parent / "results"
 WORK = Path("/tmp/mbias-recipe-comparison")
 TRAIN_DATA, BALANCED_DATA = "synth:shapes-p90/train", "synth:shapes-p00/train"
 BASES = {0: "zoo:shapes-p90", 1: "zoo:shapes-p90-seed1", 2: "zoo:shapes-p90-seed2"}
+UNBIASED = "zoo:shapes-p00"
 SPLITS = ("test-cp", "test-balanced", "test-id")
 VAL = {"val-balanced": "synth:shapes-p00/val", "val": "synth:shapes-p90/val"}
 
@@ -105,9 +106,8 @@ def _predictions(adapter, examples, swap: bool = False) -> dict:
 
 
 def evaluate(base: str, adapter_dir: Path | None, n_eval: int, n_audit: int) -> dict:
-    from mbias.probes import PROBES, SampleContext
-
     from mbias.models import load_adapter
+    from mbias.probes import PROBES, SampleContext
     from mbias.synth import load_synth
 
     adapter = load_adapter(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
@@ -142,9 +142,8 @@ def expert_quality(base: str, n: int) -> dict:
     it answers with the cue on test-cp (where the cue is always wrong). An ideal expert: ~0.9 and 1.0."""
     import torch
 
-    from mbias.finetune.bias_expert import PriorTable
-
     from mbias.data import load_data
+    from mbias.finetune.bias_expert import PriorTable
     from mbias.models import load_adapter
     from mbias.synth import load_synth
 
@@ -265,7 +264,7 @@ def run_selection(args) -> None:
              f"{VAL['val']} (in-distribution); {args.n_val} examples each, 95% bootstrap over examples; differences "
              "paired with plain LoRA. No test split is read.", "",
              "| setting | val-balanced | vs lora | val (in-distribution) | vs lora | s/step |", "|---|---|---|---|---|---|"]
-    for name, recipe, config in GRID:
+    for name, _, _ in GRID:
         r = table[name]
         lines.append(f"| {name} | {fmt(r['val-balanced'])} | {fmt(r.get('val-balanced vs lora'), True)} | "
                      f"{fmt(r['val'])} | {fmt(r.get('val vs lora'), True)} | {timing[name]:.3f} |")
@@ -283,6 +282,8 @@ def run_comparison(args) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = [(n, r, c) for n, r, c in ARMS if not args.arms or n in args.arms.split(",")]
     results = {"before fine-tuning": {s: evaluate(BASES[s], None, args.n_eval, args.n_audit) for s in seeds}}
+    looks = evaluate(UNBIASED, None, args.n_eval, args.n_audit)  # what a model that looks scores on the controls
+    results[f"{UNBIASED} (unbiased, not fine-tuned)"] = dict.fromkeys(seeds, looks)
     experts = {s: expert_quality(BASES[s], args.n_eval) for s in seeds}
     timing = {}
     for name, recipe, config in arms:
@@ -339,6 +340,14 @@ def write_markdown(table, timing, experts, meta, seeds, categories) -> None:
                                                                "audit/follows_text", "audit/language_share")
                                                   for x in (fmt(r[m]), fmt(r.get(f"{m} vs lora"), True))] + [cost])
                      + " |")
+    ref = table.get(REFERENCE)
+    if ref and ref["test-cp vs lora"]["mean"]:
+        gap = ref["test-cp vs lora"]["mean"]
+        lines += ["", f"Share of the test-cp gap between plain LoRA and LoRA on unbiased data ({gap:+.3f}) that each "
+                  "recipe closes: " + ", ".join(f"{name} {r['test-cp vs lora']['mean'] / gap:.0%}"
+                                               for name, r in table.items()
+                                               if "test-cp vs lora" in r and name not in (REFERENCE, "lora")
+                                               and not name.startswith(("before", UNBIASED))) + "."]
     lines += ["", "Controls. test-balanced where the cue holds / does not hold (an \"anything but the cue\" model "
               "scores low on the first); test-cp with each question shown the next example's image (a model that "
               "looks drops toward what the other image shows; one that answers \"not the cue\" without looking "
@@ -361,8 +370,9 @@ def write_markdown(table, timing, experts, meta, seeds, categories) -> None:
         lines.append(f"| {meta['bases'][seeds.index(s)]} | " + " | ".join(
             f"{e['test-id'][k]:.3f} / {e['test-cp'][k]:.3f}" for k in ("no_image", "masked_image", "prior_table"))
             + " |")
-    lines += ["", "Per run, test-cp:", ""]
-    lines += [f"- {name}: " + ", ".join(f"{v:.3f}" for v in r["test-cp"]["per_run"]) for name, r in table.items()]
+    for split in ("test-cp", "test-id"):
+        lines += ["", f"Per run (base build 0, 1, 2), {split}:", ""]
+        lines += [f"- {name}: " + ", ".join(f"{v:.3f}" for v in r[split]["per_run"]) for name, r in table.items()]
     (OUT / "recipe_comparison.md").write_text("\n".join(lines) + "\n")
     print((OUT / "recipe_comparison.md").read_text())
 

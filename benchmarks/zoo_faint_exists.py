@@ -53,11 +53,11 @@ def main() -> None:
     contrast = tuple(args.contrast)
     use_faint_existence_objects(contrast)
 
-    from mbias.probes import PROBES, SampleContext
-    from mbias.reports.content import fmt
     from scipy.stats import spearmanr
 
     from mbias.models import load_adapter
+    from mbias.probes import PROBES, SampleContext
+    from mbias.reports.content import fmt
     from mbias.synth import PRIORS, load_synth
     from mbias.zoo import build_zoo_model
     from mbias.zoo.train import choice_accuracy

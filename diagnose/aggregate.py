@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from mbias.diagnose.verdict import verdict
-
 from mbias.stats import bootstrap_mean
 
 SCHEMA_VERSION = 1

@@ -29,9 +29,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
-from mbias.finetune.data import MB, answer_logits, choice_logits, first_of_row
 
 from mbias.errors import ConfigError, DataError
+from mbias.finetune.data import MB, answer_logits, choice_logits, first_of_row
 from mbias.models.types import normalize_answer
 
 EXPERTS = ("no_image", "masked_image", "prior_table")

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from mbias.finetune.config import FinetuneConfig
-
 from mbias.config import build_config, load_yaml
+from mbias.finetune.config import FinetuneConfig
 
 
 def finetune_config_from_args(args) -> FinetuneConfig:
     values = load_yaml(args.config) if args.config else {}
     flags = {"recipe": args.recipe, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
-             "lora_r": args.lora_r, "batch_size": args.batch_size, "eval_data": args.eval_data, "seed": args.seed}
+             "lora_r": args.lora_r, "batch_size": args.batch_size, "eval_data": args.eval_data, "seed": args.seed,
+             "columns": args.columns}
     cli = {k: v for k, v in flags.items() if v is not None}
     return build_config(FinetuneConfig, values, cli, where=args.config or "flags")
 
 
 def run_finetune_command(args) -> int:
     from mbias.finetune.run import run_finetune
-
     from mbias.models.loading import LoadOptions
 
     config = finetune_config_from_args(args)

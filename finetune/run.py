@@ -13,10 +13,10 @@ import math
 import time
 from pathlib import Path
 
-from mbias.finetune.config import FinetuneConfig
-
 from mbias.config import build_config
 from mbias.errors import ConfigError
+from mbias.finetune.config import FinetuneConfig
+from mbias.outdir import check_out_dir
 from mbias.provenance import provenance
 
 logger = logging.getLogger(__name__)
@@ -78,26 +78,28 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
 def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneConfig, load=None,
                   on_error: str = "stop", progress: bool = True, resume: bool = False):
     """Everything up to ``trainer.train()``: returns (trainer, the checkpoint to resume from or None)."""
-    from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
-    from mbias.finetune.recipes import RECIPES
-    from mbias.finetune.trainer import BalancedTrainer
     from transformers import TrainingArguments
 
     from mbias.data import load_data
+    from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
+    from mbias.finetune.recipes import RECIPES
+    from mbias.finetune.trainer import BalancedTrainer
     from mbias.models import AdapterConfig, LoadOptions
 
     load = load or LoadOptions()
-    out = Path(out)
+    out = check_out_dir(out)
     recipe_cls = RECIPES.get(config.recipe)
     recipe = recipe_cls(build_config(recipe_cls.config_class, config.recipe_config, where="recipe_config"))
-    examples = load_data(data, on_error=on_error, max_samples=config.max_train_samples).examples
+    examples = load_data(data, on_error=on_error, max_samples=config.max_train_samples,
+                         columns=config.columns).examples
     recipe.bind_data(examples)
     if recipe.needs_label_space:
         check_label_space(examples, config.recipe)
     eval_examples = None
     eval_ref = config.eval_data or (data.rsplit("/", 1)[0] + "/val" if data.startswith("synth:") else None)
     if eval_ref:
-        eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples).examples
+        eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples,
+                                  columns=config.columns).examples
     adapter = load.load(model, config=AdapterConfig(batch_size=64), with_adapter=False)
     if load.adapter:
         from peft import PeftModel

@@ -8,6 +8,7 @@ values follow exactly (``mbias.probes.modality_shapley.two_player_shapley``).
 from __future__ import annotations
 
 import torch
+
 from mbias.finetune.data import answer_forward, choice_logits
 
 VARIANTS = ("full", "image_only", "text_only", "none")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from captum.attr._utils.interpretable_input import InterpretableInput
+from captum.attr import InterpretableInput
 
 from mbias.shapley import ShapleyResult
 

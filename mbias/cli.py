@@ -10,7 +10,24 @@ from mbias import __version__
 from mbias.errors import MbiasError
 
 EPILOG = """model references: a hub id (org/name), a local folder written by save_pretrained, or zoo:NAME
-data references: a .jsonl file, a folder with metadata.jsonl, a saved HF dataset folder, or synth:NAME/SPLIT"""
+data references: a .jsonl file, a folder with metadata.jsonl, a saved HF dataset folder, synth:NAME/SPLIT,
+  or a hub dataset hf:REPO:SPLIT or hf:REPO:CONFIG:SPLIT (e.g. hf:lmms-lab/POPE:test; needs mbias[datasets]);
+  --columns FIELD=COLUMN,... maps columns named otherwise (docs/datasets.md: VQAv2, POPE, MMStar, A-OKVQA, ScienceQA)"""
+
+
+class _ListProbes(argparse.Action):
+    """``--list-probes``: print the registered probes with their definitions and exit (like ``--version``)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mbias.probes import DEFAULT_PROBES, PROBES
+
+        for name in PROBES.names():
+            default = "" if name in DEFAULT_PROBES else " (not run by default)"
+            print(f"{name}{default}: {PROBES.get(name).definition}")
+        parser.exit()
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -31,6 +48,8 @@ def _add_common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, help="run seed (default: 0, or the config file's)")
     p.add_argument("--config", help="YAML file with config fields (flags given here win)")
+    p.add_argument("--columns", help="dataset columns under other names: FIELD=COLUMN,... with FIELD among id, "
+                                     "image, question, answer, choices, category, image_key")
     p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                    help="bad records: stop before writing anything (default) or skip them with a count in the log")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -52,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_common_run_args(p)
     p.add_argument("--probes", help="comma-separated probe names (default: the standard set; see --list-probes)")
+    p.add_argument("--list-probes", action=_ListProbes, help="list the probes with their definitions and exit")
     p.add_argument("--max-samples", type=int, help="audit at most N samples")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder that holds another config")
     p.add_argument("--no-report", action="store_true", help="write summary.json only, no HTML/Markdown")
-    p.add_argument("--backbone", help="the text-only language backbone, for multimodal leakage (optional)")
     add_dataclass_args(p.add_argument_group("masking and scoring"), AdapterConfig)
     p.set_defaults(handler=_run_audit)
 

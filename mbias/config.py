@@ -1,8 +1,9 @@
 """Config dataclasses -> CLI flags and YAML files, so the two never drift from the code's defaults.
 
 Every config field has a default and ``metadata={"help": ...}``. Flags are ``--field-name``; a YAML file holds
-the same names (snake_case). Unknown keys in a file are dropped with a warning, not a crash, so an old config
-keeps loading after a field is removed.
+the same names (snake_case). An unknown key in a file is an error that names the closest real field (see
+``build_config``). Numbers are checked in each config's ``__post_init__`` with ``check_number``, so a bad value
+stops the run before any work with the field, the value and the valid range.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import dataclasses
 import difflib
 import logging
+import math
 import typing
 from pathlib import Path
 from typing import Any
@@ -87,14 +89,44 @@ def build_config(cls, *sources: dict[str, Any], where: str = ""):
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 
 
+def check_number(config, name: str, *, integer: bool = False, ge: float | None = None, gt: float | None = None,
+                 le: float | None = None, lt: float | None = None, optional: bool = False) -> None:
+    """ConfigError naming the field, its value and the valid range unless ``config.<name>`` is a finite number
+    (an integer when ``integer``) within the bounds; ``optional`` lets None through ("unset")."""
+    value = getattr(config, name)
+    if value is None and optional:
+        return
+    kind = "an integer" if integer else "a number"
+    bounds = [(op, b) for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if b is not None]
+    if len(bounds) == 2:  # one lower and one upper bound: interval notation
+        (lo_op, lo), (hi_op, hi) = bounds
+        valid = f"{kind} in {'[' if lo_op == '>=' else '('}{lo}, {hi}{']' if hi_op == '<=' else ')'}"
+    else:
+        valid = " ".join([kind, *(f"{op} {b}" for op, b in bounds)])
+    # bool is an int subclass, and YAML reads "2e-4" (no dot) as a string: both would fail much later
+    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (ge is None or value >= ge) and (gt is None or value > gt) \
+        and (le is None or value <= le) and (lt is None or value < lt)
+    if not ok:
+        unset = " or unset" if optional else ""
+        raise ConfigError(f"{type(config).__name__}.{name} must be {valid}{unset}; got {value!r}")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist")
+    raw = p.read_bytes()
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p} line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as "
+                          "UTF-8") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""

@@ -5,10 +5,17 @@ Accepted references:
   image paths relative to the file;
 - a folder with ``metadata.jsonl`` (HF imagefolder convention; the image key may be ``file_name``);
 - a folder written by ``datasets.Dataset.save_to_disk`` (needs the ``datasets`` extra);
+- ``hf:REPO:SPLIT`` or ``hf:REPO:CONFIG:SPLIT``, a dataset on the HF hub read with ``datasets.load_dataset``
+  (needs the ``datasets`` extra and the hub, or its cache); colons cannot occur in hub names, so the parts are
+  unambiguous, and SPLIT may slice (``test[:500]``) as ``load_dataset`` allows;
 - ``synth:NAME/SPLIT``, a built-in synthetic split.
 
+``columns`` (``{field: column}``, see ``mbias.records``) names the columns of datasets that call the fields
+otherwise; choices given as an index, a letter, or options inside the question are normalised there too.
+
 Everything is validated before anything is written: by default the first bad record stops the run with its
-location; ``on_error="skip"`` drops bad records and logs how many.
+location; ``on_error="skip"`` drops bad records and logs how many. HF datasets are read only as far as
+``max_samples`` needs (their images are decoded into memory).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 
 from mbias.errors import DataError
 from mbias.example import Example
+from mbias.records import map_columns, resolve_choices
 
 logger = logging.getLogger(__name__)
 
@@ -33,30 +41,37 @@ class LoadedData:
     problems: tuple[str, ...] = ()
 
 
-def load_data(ref: str, *, on_error: str = "stop", max_samples: int | None = None) -> LoadedData:
+def load_data(ref: str, *, on_error: str = "stop", max_samples: int | None = None,
+              columns: dict[str, str] | None = None) -> LoadedData:
     """Load and validate a dataset reference (see module docstring)."""
     if on_error not in ("stop", "skip"):
         raise DataError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
+    columns = columns or {}
     if ref.startswith("synth:"):
         from mbias.synth import load_synth
 
+        if columns:
+            raise DataError(f"{ref}: synthetic data has mbias's own fields; drop the column mapping")
         ds = load_synth(ref)
         examples = ds if max_samples is None else _Head(ds, max_samples)
         return LoadedData(examples, ref)
-    path = Path(ref).expanduser()
-    if not path.exists():
-        raise DataError(f"no dataset at {ref}; pass a .jsonl file, a folder with metadata.jsonl, a saved HF "
-                        "dataset folder, or synth:NAME/SPLIT")
-    if path.is_file():
-        if path.suffix != ".jsonl":
-            raise DataError(f"{ref}: expected a .jsonl file (one JSON record per line)")
-        loaded = _load_jsonl(path, on_error, image_key="image")
-    elif (path / "metadata.jsonl").exists():
-        loaded = _load_jsonl(path / "metadata.jsonl", on_error, image_key="file_name")
-    elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-        loaded = _load_hf_disk(path, on_error)
+    if ref.startswith("hf:"):
+        loaded = _load_hf_hub(ref, on_error, columns, max_samples)
     else:
-        raise DataError(f"{ref} is a folder without metadata.jsonl or a saved HF dataset; see mbias audit --help")
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise DataError(f"no dataset at {ref}; pass a .jsonl file, a folder with metadata.jsonl, a saved HF "
+                            "dataset folder, hf:REPO:SPLIT, or synth:NAME/SPLIT")
+        if path.is_file():
+            if path.suffix != ".jsonl":
+                raise DataError(f"{ref}: expected a .jsonl file (one JSON record per line)")
+            loaded = _load_jsonl(path, on_error, "image", columns)
+        elif (path / "metadata.jsonl").exists():
+            loaded = _load_jsonl(path / "metadata.jsonl", on_error, "file_name", columns)
+        elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            loaded = _load_hf_disk(path, on_error, columns, max_samples)
+        else:
+            raise DataError(f"{ref} is a folder without metadata.jsonl or a saved HF dataset; see mbias audit --help")
     if max_samples is not None:
         loaded.examples = list(loaded.examples)[:max_samples]
     if not loaded.examples:
@@ -94,21 +109,28 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def record_problem(record, *, base: Path | None, image_key: str, check_files: bool = True) -> str | None:
-    """What is wrong with one record, or None."""
+def record_problem(record, *, base: Path | None, image_key: str, check_files: bool = True,
+                   columns: dict[str, str] | None = None) -> str | None:
+    """What is wrong with one record (after column mapping), or None."""
     if not isinstance(record, dict):
         return "expected a JSON object"
+
+    def name(key: str) -> str:  # the user's column name, when a mapping renamed it
+        return f"'{columns[key]}' (the {key} column)" if columns and key in columns else f"'{key}'"
+
     for key in ("question", "answer"):
         value = record.get(key)
+        if value is None:
+            return f"missing {name(key)} (a non-empty string)"
         if not isinstance(value, str) or not value.strip():
-            return f"missing '{key}' (a non-empty string)"
+            return f"{name(key)} must be a non-empty string; got {value!r:.80}"
     image = record.get(image_key, record.get("image"))
     if image is None:
-        return f"missing '{image_key}' (the image path, relative to the data file)"
+        return f"missing {name(image_key)} (the image path, relative to the data file)"
     choices = record.get("choices")
     if choices is not None:
         if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)):
-            return "'choices' must be a list of at least two strings"
+            return f"{name('choices')} must be a list of at least two strings"
         if record["answer"] not in choices:
             return f"answer {record['answer']!r} is not one of the choices {choices}"
     if check_files and isinstance(image, str):
@@ -116,70 +138,122 @@ def record_problem(record, *, base: Path | None, image_key: str, check_files: bo
     return None
 
 
-def _load_jsonl(path: Path, on_error: str, image_key: str) -> LoadedData:
+def _lines(path: Path):
+    """(line number, text or None when the line is not valid UTF-8, the decode problem) of each line."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                yield lineno, None, (f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                     "save the file as UTF-8")
+
+
+def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, str]) -> LoadedData:
     examples, problems, seen = [], [], set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {lineno}"
+    for lineno, line, problem in _lines(path):
+        if line is not None and not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        if problem is None:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 problem = f"not valid JSON ({exc.msg} at column {exc.colno})"
             else:
-                problem = record_problem(record, base=path.parent, image_key=image_key)
-            if problem is None:
-                rid = str(record.get("id", f"{path.stem}-{lineno}"))
-                if rid in seen:
-                    problem = f"duplicate id {rid!r} (ids must be unique; resuming relies on them)"
-            if problem:
-                if on_error == "stop":
-                    raise DataError(f"{where}: {problem}; fix the record or pass --on-error skip")
-                problems.append(f"{where}: {problem}")
-                continue
-            seen.add(rid)
-            examples.append(Example(
-                id=rid, image=path.parent / record.get(image_key, record.get("image")), question=record["question"],
-                answer=record["answer"], choices=record.get("choices"), category=record.get("category"),
-                meta={k: v for k, v in record.items()
-                      if k not in ("id", "image", image_key, "question", "answer", "choices", "category")},
-            ))
+                if isinstance(record, dict):
+                    record = resolve_choices(map_columns(record, columns))
+                problem = record_problem(record, base=path.parent, image_key=image_key, columns=columns)
+        if problem is None:
+            rid = str(record.get("id", f"{path.stem}-{lineno}"))
+            if rid in seen:
+                problem = f"duplicate id {rid!r} (ids must be unique; resuming relies on them)"
+        if problem:
+            if on_error == "stop":
+                raise DataError(f"{where}: {problem}; fix the record or pass --on-error skip")
+            problems.append(f"{where}: {problem}")
+            continue
+        seen.add(rid)
+        used = {"id", "image", image_key, "question", "answer", "choices", "category", "image_key",
+                *columns.values()}
+        examples.append(Example(
+            id=rid, image=path.parent / record.get(image_key, record.get("image")), question=record["question"],
+            answer=record["answer"], choices=record.get("choices"), category=_text(record.get("category")),
+            image_key=_text(record.get("image_key")), meta={k: v for k, v in record.items() if k not in used},
+        ))
     if problems:
         logger.warning("skipped %d bad records in %s (first: %s)", len(problems), path, problems[0])
     return LoadedData(examples, str(path), len(problems), tuple(problems))
 
 
-def _load_hf_disk(path: Path, on_error: str) -> LoadedData:
+def _text(value) -> str | None:
+    return None if value is None else str(value)
+
+
+def _import_datasets(ref: str):
     try:
-        from datasets import DatasetDict, load_from_disk
+        import datasets
     except ImportError:
-        raise DataError("reading a saved HF dataset needs the datasets package: pip install 'mbias[datasets]'") \
-            from None
-    ds = load_from_disk(str(path))
-    if isinstance(ds, DatasetDict):
+        raise DataError(f"reading {ref} needs the datasets package: pip install 'mbias[datasets]'") from None
+    return datasets
+
+
+def _load_hf_disk(path: Path, on_error: str, columns: dict[str, str], max_samples: int | None) -> LoadedData:
+    datasets = _import_datasets(str(path))
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
         raise DataError(f"{path} holds the splits {', '.join(ds)}; pass {path}/SPLIT")
-    missing = [c for c in ("image", "question", "answer") if c not in ds.column_names]
+    return _load_hf_rows(ds, str(path), path, on_error, columns, max_samples)
+
+
+def _load_hf_hub(ref: str, on_error: str, columns: dict[str, str], max_samples: int | None) -> LoadedData:
+    body, bracket, split_slice = ref.removeprefix("hf:").partition("[")  # a slice (test[:500]) has its own colon
+    parts = body.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise DataError(f"{ref}: write a hub dataset as hf:REPO:SPLIT or hf:REPO:CONFIG:SPLIT, e.g. "
+                        "hf:lmms-lab/POPE:test")
+    repo, *config, split = parts
+    split += bracket + split_slice
+    datasets = _import_datasets(ref)
+    try:
+        ds = datasets.load_dataset(repo, *config, split=split)
+    except (OSError, ValueError) as exc:  # offline / unreachable / no such repo are OSErrors; a bad split a ValueError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"could not load {ref} from the HF hub ({reason}); check the repo, config and split "
+                        "names and the network (offline, only datasets in the HF cache load), or pass a folder "
+                        "saved with save_to_disk") from None
+    return _load_hf_rows(ds, ref, None, on_error, columns, max_samples)
+
+
+def _load_hf_rows(ds, where: str, base: Path | None, on_error: str, columns: dict[str, str],
+                  max_samples: int | None) -> LoadedData:
+    """Examples from a ``datasets.Dataset``; ``base`` resolves image paths stored as strings."""
+    missing = [columns.get(f, f) for f in ("image", "question", "answer")
+               if columns.get(f, f) not in ds.column_names]
     if missing:
-        raise DataError(f"{path}: the dataset has no column(s) {', '.join(missing)}; columns: "
-                        f"{', '.join(ds.column_names)}")
-    examples, problems = [], []
-    for i, row in enumerate(ds):
-        where = f"{path} row {i}"
-        problem = record_problem(row, base=path, image_key="image", check_files=False)
-        if problem is None and row["image"] is None:
-            problem = "no image"
+        raise DataError(f"{where}: the dataset has no column(s) {', '.join(missing)}; columns: "
+                        f"{', '.join(ds.column_names)}; map them with --columns FIELD=COLUMN (see docs/datasets.md)")
+    examples, problems, seen = [], [], set()
+    for i, raw in enumerate(ds):
+        if max_samples is not None and len(examples) >= max_samples:
+            break
+        row = resolve_choices(map_columns(raw, columns))
+        problem = record_problem(row, base=base, image_key="image", check_files=False, columns=columns)
+        rid = str(row.get("id", i))
+        if problem is None and rid in seen:
+            problem = f"duplicate id {rid!r} (ids must be unique; resuming relies on them)"
         if problem:
             if on_error == "stop":
-                raise DataError(f"{where}: {problem}; fix the row or pass --on-error skip")
-            problems.append(f"{where}: {problem}")
+                raise DataError(f"{where} row {i}: {problem}; fix the row or pass --on-error skip")
+            problems.append(f"{where} row {i}: {problem}")
             continue
+        seen.add(rid)
         image = row["image"]
         examples.append(Example(
-            id=str(row.get("id", i)), image=path / image if isinstance(image, str) else image,
-            question=row["question"], answer=row["answer"], choices=row.get("choices"),
-            category=row.get("category"),
+            id=rid, image=base / image if isinstance(image, str) and base else image, question=row["question"],
+            answer=row["answer"], choices=row.get("choices"), category=_text(row.get("category")),
+            image_key=_text(row.get("image_key")),
         ))
     if problems:
-        logger.warning("skipped %d bad rows in %s (first: %s)", len(problems), path, problems[0])
-    return LoadedData(examples, str(path), len(problems), tuple(problems))
+        logger.warning("skipped %d bad rows in %s (first: %s)", len(problems), where, problems[0])
+    return LoadedData(examples, where, len(problems), tuple(problems))

@@ -1,4 +1,5 @@
-"""Where a result came from: versions, code commit, model revision, date. Recorded with every output."""
+"""Where a result came from: versions, code commit, OS and CUDA stack, model revision, date. Recorded with every
+output."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from mbias.env import package_versions
+from mbias.env import package_versions, system_info
 
 
 def git_commit() -> str | None:
@@ -32,6 +33,7 @@ def provenance(**extra) -> dict:
         "versions": {k: v for k, v in versions.items() if k != "mbias"},
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "system": system_info(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }

@@ -4,15 +4,14 @@ Accuracy and gold-answer log-probability with the full input; the image removed 
 the image replaced by a blank (mean colour), a noise or another sample's image; the question masked. Derived:
 multimodal gain MG = acc(full) - acc(no image) (MMStar's S_v - S_wv), the flip rate (share of predictions that
 change when the image is swapped), and the per-sample visual information gain log p(a | I, T) - log p(a | -, T).
-Multimodal leakage needs the text-only language backbone and is reported only when one is given.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mbias.errors import ConfigError
 from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
-
 from mbias.stats import bootstrap_mean
 
 CONDITIONS = {  # summary name -> (image mode, text mode)
@@ -29,6 +28,12 @@ CONDITIONS = {  # summary name -> (image mode, text mode)
 class AblationConfig:
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS),
                                   metadata={"help": "conditions to run: " + ", ".join(CONDITIONS)})
+
+    def __post_init__(self):
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown or not self.conditions:
+            raise ConfigError(f"AblationConfig.conditions must be a non-empty list of {', '.join(CONDITIONS)}; "
+                              f"got {self.conditions!r}")
 
 
 @PROBES.register("ablation")

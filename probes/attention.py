@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from mbias.probes.base import PROBES, Probe, SampleContext
 
+from mbias.probes.base import PROBES, Probe, SampleContext
 from mbias.stats import bootstrap_mean
 
 

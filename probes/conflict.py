@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
-
 from mbias.errors import ConfigError
 from mbias.models.types import normalize_answer
+from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
 from mbias.stats import bootstrap_mean
 
 

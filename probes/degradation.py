@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from mbias.probes.base import PROBES, Probe, SampleContext
 
+from mbias.config import check_number
 from mbias.errors import ConfigError
+from mbias.probes.base import PROBES, Probe, SampleContext
 from mbias.stats import auc, bootstrap_mean
 
 
@@ -27,8 +28,11 @@ class DegradationConfig:
                                   metadata={"help": "which curves: image, text"})
 
     def __post_init__(self):
-        if not self.rates or any(not 0 <= r < 1 for r in self.rates):
-            raise ConfigError(f"rates must be in [0, 1); got {self.rates}")
+        if not self.rates or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1
+                                 for r in self.rates):
+            raise ConfigError(f"DegradationConfig.rates must be a non-empty list of numbers in [0, 1); got "
+                              f"{self.rates!r}")
+        check_number(self, "draws", integer=True, ge=1)
         if set(self.modalities) - {"image", "text"}:
             raise ConfigError(f"modalities must be image and/or text; got {self.modalities}")
 

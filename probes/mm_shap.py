@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from mbias.probes.base import PROBES, Probe, SampleContext
 
+from mbias.config import check_number
 from mbias.errors import ConfigError
+from mbias.probes.base import PROBES, Probe, SampleContext
 from mbias.shapley import exact_shapley, permutation_shapley
 from mbias.stats import bootstrap_mean
 
@@ -44,6 +45,9 @@ class MMShapConfig:
             raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {self.estimator!r}")
         if self.value not in ("auto", "logprob", "prob", "choice"):
             raise ConfigError(f"value must be auto, logprob, prob or choice, not {self.value!r}")
+        check_number(self, "grid", integer=True, ge=1, optional=True)
+        for name in ("max_exact_players", "n_permutations", "kernel_samples", "batch_size"):
+            check_number(self, name, integer=True, ge=1)
 
 
 def t_shap(phi: np.ndarray, n_text: int) -> tuple[float | None, float | None]:

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
-
 from mbias.errors import ConfigError
+from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
 from mbias.stats import bootstrap_mean, ratio_share
 
 VALUES = ("auto", "logprob", "choice", "acc")

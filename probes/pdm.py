@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from mbias.probes.base import PROBES, Probe, SampleContext
 
+from mbias.config import check_number
 from mbias.errors import ConfigError
+from mbias.probes.base import PROBES, Probe, SampleContext
 from mbias.stats import bootstrap_mean
 
 
@@ -27,6 +28,7 @@ class PDMConfig:
     def __post_init__(self):
         if self.image_absent not in ("baseline", "removed"):
             raise ConfigError(f"image_absent must be baseline or removed, not {self.image_absent!r}")
+        check_number(self, "max_new_tokens", integer=True, ge=1)
 
 
 def hellinger(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

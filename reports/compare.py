@@ -14,7 +14,6 @@ from pathlib import Path
 from mbias.reports import _load_summary, _records, plots
 from mbias.reports.content import fmt, model_label, pct, verdict_label, verdict_sentence
 from mbias.reports.html import CSS
-
 from mbias.stats import bootstrap_diff, bootstrap_mean
 
 UP, DOWN, AWAY = "up", "down", "away"  # better when it rises / falls / moves away from the dominant side

@@ -217,7 +217,7 @@ def test_a_rebuilt_zoo_model_does_not_resume_the_old_models_results(monkeypatch)
     import dataclasses
 
     import mbias.zoo
-    from diagnose.config import AuditConfig
+    from mbias.diagnose.config import AuditConfig
 
     config = AuditConfig()
     before = config.fingerprint("zoo:shapes-p90", None, "synth:shapes-p90/test-cp")

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from mbias.finetune.config import FinetuneConfig
 from mbias.finetune.recipes import RECIPES
 from mbias.finetune.run import build_trainer, run_finetune
@@ -207,9 +208,8 @@ def test_msam_weights():
 
 @pytest.mark.parametrize("recipe", ["cggm", "ogm_ge"])
 def test_a_misspelt_modulation_mode_is_refused(recipe):
-    from mbias.finetune.recipes import RECIPES
-
     from mbias.errors import ConfigError
+    from mbias.finetune.recipes import RECIPES
 
     config_class = RECIPES.get(recipe).config_class
     assert config_class(mode="gradient").mode == "gradient"
@@ -272,9 +272,8 @@ def test_mdpo_losses():
 
 
 def test_prior_table_counts_answers_per_wording():
-    from mbias.finetune.bias_expert import PriorTable
-
     from mbias.example import Example
+    from mbias.finetune.bias_expert import PriorTable
 
     exs = [Example(str(i), None, q, a) for i, (q, a) in enumerate(
         [("What colour is it?", "red")] * 3 + [("What colour is it?", "blue"), ("Which colour now?", "blue")])]

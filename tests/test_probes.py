@@ -1,4 +1,5 @@
-"""Probe invariants on tiny models: Shapley efficiency, null players, determinism, batching, captum agreement."""
+"""Probe invariants on tiny models: Shapley efficiency, null players, determinism, batching, captum agreement;
+and the clustered bootstrap behind every interval."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import math
 import numpy as np
 import pytest
 import torch
-from mbias.probes import PROBES, SampleContext
-from mbias.probes.mm_shap import MMShapConfig
 
 from mbias.example import Example
 from mbias.models import AdapterConfig, load_adapter
+from mbias.models.families import FAMILIES
+from mbias.probes import PROBES, SampleContext
+from mbias.probes.mm_shap import MMShapConfig
 from mbias.shapley import exact_shapley, permutation_shapley
-from tests.conftest import FAMILIES
+from mbias.stats import bootstrap_mean
+from mbias.tiny import BUILDERS
+
+# every registered model type that has a tiny builder (test_adapters checks that each family has one)
+MODEL_TYPES = [t for family in FAMILIES for t in family.model_types if t in BUILDERS]
 
 
 def _example(image, question="What colour is it?", **kw):
@@ -47,7 +53,7 @@ def test_shapley_estimators_on_a_known_game():
     assert np.allclose(approx.phi, exact.phi, atol=1e-9)  # this game is additive up to a pairwise term
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_TYPES)
 def test_modality_shapley_is_efficient_and_matches_mm_shap_totals(family, tiny_model_dir, shapes_image):
     adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
     ctx = _ctx(adapter, shapes_image)
@@ -106,7 +112,7 @@ def _zero_projector(adapter):
                 p.zero_()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_TYPES)
 def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, shapes_image):
     adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
     _zero_projector(adapter)
@@ -117,7 +123,7 @@ def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, sha
     assert mm["v_shap"] < 0.01
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_TYPES)
 def test_a_model_that_cannot_read_has_no_language_share(family, tiny_model_dir, shapes_image):
     adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
     prepared = adapter.prepare(_example(shapes_image))
@@ -146,7 +152,7 @@ def test_ablation_attention_degradation_pdm_records(llava, shapes_image):
     assert pdm["n_steps"] == len(pdm["hellinger"]) and all(0 <= h <= 1 for h in pdm["hellinger"])
 
 
-def test_summaries_have_intervals(llava, shapes_image):
+def test_summaries_resample_images_not_questions(llava, shapes_image):
     records = {n: [] for n in PROBES.names()}
     for i, colour in enumerate(["red", "green", "blue"]):
         ctx = SampleContext(llava, llava.prepare(_example(shapes_image, id=f"e{i}", answer=colour)),
@@ -154,12 +160,58 @@ def test_summaries_have_intervals(llava, shapes_image):
         for name in records:
             cfg = MMShapConfig(grid=2, estimator="permutation", n_permutations=4) if name == "mm_shap" else None
             records[name].append(PROBES.get(name)(cfg).run(ctx))
-    groups = ["img"] * 3
-    ms = PROBES.get("modality_shapley")().summarize(records["modality_shapley"], groups)
-    lo, hi = ms["language_share"]["ci95"]
-    assert lo <= ms["language_share"]["mean"] <= hi
-    deg = PROBES.get("degradation")().summarize(records["degradation"], groups)
+    shares = [r["language_share"] for r in records["modality_shapley"]]
+    assert len(set(shares)) == 3  # three answers, three different games
+    probe = PROBES.get("modality_shapley")()
+    # three questions about one image are one cluster: resampling it always gives the same mean
+    one_image = probe.summarize(records["modality_shapley"], ["img"] * 3)["language_share"]
+    assert one_image["mean"] == pytest.approx(np.mean(shares))
+    assert one_image["ci95"] == [one_image["mean"], one_image["mean"]]
+    three_images = probe.summarize(records["modality_shapley"], ["a", "b", "c"])["language_share"]
+    lo, hi = three_images["ci95"]
+    assert min(shares) <= lo < three_images["mean"] < hi <= max(shares)
+    deg = PROBES.get("degradation")().summarize(records["degradation"], ["a", "b", "c"])
     assert math.isfinite(deg["image"]["auc"])
+    assert len(deg["image"]["accuracy_ci95"]) == len(deg["image"]["rates"])
+
+
+def _clustered_sample(rng, n_clusters, per_cluster=5, true_mean=0.3, between=1.0, within=0.1):
+    """Values whose clusters (images) carry most of the spread: the questions about one image agree."""
+    centres = true_mean + between * rng.standard_normal(n_clusters)
+    values = np.repeat(centres, per_cluster) + within * rng.standard_normal(n_clusters * per_cluster)
+    return values, np.repeat(np.arange(n_clusters), per_cluster).astype(str)
+
+
+def test_single_cluster_bootstrap_has_zero_width():
+    stat = bootstrap_mean([0.1, 0.5, 0.9], ["img"] * 3)
+    assert stat["mean"] == pytest.approx(0.5) and stat["ci95"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    unclustered = bootstrap_mean([0.1, 0.5, 0.9])
+    assert unclustered["ci95"][1] - unclustered["ci95"][0] > 0.3
+
+
+def test_clustered_interval_shrinks_with_more_clusters_and_is_wider_than_a_naive_one():
+    rng = np.random.default_rng(7)
+    widths = []
+    for k in (10, 40, 160):
+        runs = []
+        for _ in range(8):  # a mean over datasets: one draw of a few clusters has a noisy spread
+            values, groups = _clustered_sample(rng, k)
+            lo, hi = bootstrap_mean(values, groups, n_boot=500)["ci95"]
+            naive_lo, naive_hi = bootstrap_mean(values, n_boot=500)["ci95"]  # 5 correlated questions as 5 samples
+            assert hi - lo > 1.5 * (naive_hi - naive_lo)
+            runs.append(hi - lo)
+        widths.append(np.mean(runs))
+    assert widths[0] > 1.5 * widths[1] > 2.25 * widths[2]  # ~ 1/sqrt(clusters): halves per 4x clusters
+
+
+def test_clustered_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(11)
+    hits = 0
+    for rep in range(200):
+        values, groups = _clustered_sample(rng, 30)
+        lo, hi = bootstrap_mean(values, groups, n_boot=500, seed=rep)["ci95"]
+        hits += lo <= 0.3 <= hi
+    assert 0.88 <= hits / 200 <= 0.99  # a question-level interval covers about half
 
 
 def _verdict_of(adapter, examples, swap_image):
@@ -187,7 +239,7 @@ def _examples(n=10):
     return [ds[i] for i in range(n)]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", MODEL_TYPES)
 def test_blind_models_read_language_dominant_and_deaf_ones_vision_dominant(family, tiny_model_dir, shapes_image):
     from mbias.reports.content import verdict_label
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from mbias.finetune.data import answer_forward
 
 from mbias.errors import ConfigError
+from mbias.finetune.data import answer_forward
 from mbias.registry import Registry
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from mbias.finetune.data import answer_forward, first_answer_state
-from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 from mbias.errors import ConfigError
+from mbias.finetune.data import answer_forward, first_answer_state
+from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 
 @dataclass

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from mbias.errors import ConfigError
 from mbias.finetune.bias_expert import BiasExpert, BiasExpertConfig, expert_signals, gold_logp, main_logits
 from mbias.finetune.data import first_answer_state
 from mbias.finetune.recipes.base import RECIPES, Recipe
-
-from mbias.errors import ConfigError
 
 
 @dataclass

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from mbias.errors import ConfigError
 from mbias.finetune.data import MB, answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import stacked_inputs
-
-from mbias.errors import ConfigError
 
 CORRUPTIONS = ("blank", "noise", "crop")
 

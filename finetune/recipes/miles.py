@@ -13,12 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from mbias.finetune.data import EncodedDataset, RecipeCollator
-from mbias.finetune.recipes.base import RECIPES, Recipe
-from mbias.finetune.signals import variant_values
 from transformers import TrainerCallback
 
 from mbias.errors import ConfigError
+from mbias.finetune.data import EncodedDataset, RecipeCollator
+from mbias.finetune.recipes.base import RECIPES, Recipe
+from mbias.finetune.signals import variant_values
 
 
 @dataclass

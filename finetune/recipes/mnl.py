@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from mbias.finetune.data import answer_forward, choice_logits
-from mbias.finetune.recipes.base import RECIPES, Recipe
 
 from mbias.errors import ConfigError
+from mbias.finetune.data import answer_forward, choice_logits
+from mbias.finetune.recipes.base import RECIPES, Recipe
 
 
 @dataclass

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from mbias.errors import ConfigError
 from mbias.finetune.data import answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import batch_shapley, modality_weights, variant_values
-
-from mbias.errors import ConfigError
 
 
 @dataclass

@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from mbias.finetune.data import answer_forward
-from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 from mbias.errors import ConfigError
+from mbias.finetune.data import answer_forward
+from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 
 @dataclass

@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from mbias.errors import ConfigError
 from mbias.finetune.bias_expert import (
     BiasExpert,
     BiasExpertConfig,
@@ -38,8 +40,6 @@ from mbias.finetune.bias_expert import (
 )
 from mbias.finetune.data import answer_forward
 from mbias.finetune.recipes.base import RECIPES, Recipe
-
-from mbias.errors import ConfigError
 
 
 @dataclass

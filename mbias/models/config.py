@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mbias.config import check_number
 from mbias.errors import ConfigError
 
 IMAGE_BASELINES = ("blank", "noise", "black", "swap")
@@ -42,7 +43,7 @@ class AdapterConfig:
                               ("masking", MASKING_LEVELS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if self.patch_grid < 1:
-            raise ConfigError(f"patch_grid must be >= 1; got {self.patch_grid}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1; got {self.batch_size}")
+        for name in ("patch_grid", "batch_size", "max_new_tokens"):
+            check_number(self, name, integer=True, ge=1)
+        check_number(self, "noise_std", ge=0)
+        check_number(self, "noise_seed", integer=True, ge=0)

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock
+
 from mbias.errors import ModelLoadError
 from mbias.zoo.train import ZooTrainConfig
 
@@ -97,24 +99,12 @@ def zoo_model_path(name: str, *, build: bool = True, progress: bool = True) -> P
     return build_zoo_model(name, progress=progress)
 
 
-@contextlib.contextmanager
-def _lock(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def build_zoo_model(name: str, *, force: bool = False, progress: bool = True) -> Path:
     """Train ``zoo:name`` from scratch and cache it; returns the model folder."""
     entry = zoo_entry(name)
     final = model_dir(entry)
-    with _lock(final.parent / f".{entry.name}.lock"):
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(final.parent / f".{entry.name}.lock"):
         if (final / "zoo.json").exists() and not force:
             return final
         logger.info("building zoo:%s (a tiny LLaVA trained from scratch; about 90 s on a 2-core CPU)", name)
