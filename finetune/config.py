@@ -15,7 +15,8 @@ LORA_SIDES = ("language", "projector", "vision")
 
 @dataclass
 class FinetuneConfig:
-    recipe: str = field(default="lora", metadata={"help": "lora | msam | miles | mnl | cggm | ogm_ge"})
+    recipe: str = field(default="lora", metadata={"help": "lora | poe | lmh | mdpo | msam | miles | mnl | cggm | ogm_ge "
+                                                           "(docs/recipes.md: which when)"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training data (ignored with max_steps)"})
     max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_common_run_args(p)
-    p.add_argument("--recipe", help="lora | msam | miles | mnl | cggm | ogm_ge (default: lora)")
+    p.add_argument("--recipe", help="lora | poe | lmh | mdpo | msam | miles | mnl | cggm | ogm_ge (default: lora; "
+                   "docs/recipes.md says which when)")
     p.add_argument("--epochs", type=float, help="training epochs")
     p.add_argument("--max-steps", type=int, help="training steps (overrides --epochs)")
     p.add_argument("--lr", type=float, help="learning rate")
