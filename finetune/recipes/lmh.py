@@ -26,9 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from mbias.errors import ConfigError
-from mbias.finetune.bias_expert import BiasExpert, BiasExpertConfig, expert_signals, gold_logp, main_logits
+from mbias.finetune.bias_expert import (
+    BiasExpertConfig,
+    BiasExpertRecipe,
+    expert_signals,
+    gold_logp,
+    main_logits,
+)
 from mbias.finetune.data import first_answer_state
-from mbias.finetune.recipes.base import RECIPES, Recipe
+from mbias.finetune.recipes.base import RECIPES
 
 
 @dataclass
@@ -57,25 +63,15 @@ def mixin_loss(main_z: torch.Tensor, bias_logp: torch.Tensor, gate: torch.Tensor
 
 
 @RECIPES.register("lmh")
-class LMHRecipe(Recipe):
+class LMHRecipe(BiasExpertRecipe):
     config_class = LMHConfig
     description = "Learned-mixin +H: a product of experts whose detached bias expert is scaled by a learned " \
                   "gate, with an entropy penalty that keeps the gate on."
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.expert = BiasExpert(self.config, "lmh")
-        self.needs_no_image = self.config.bias_expert == "no_image"
-        self.needs_unimodal = self.config.bias_expert == "masked_image"
         self.gate = None
         self.gate_opt = None
-
-    def bind_data(self, examples) -> None:
-        self.expert.bind(examples)
-        self.needs_label_space = self.expert.uses_choices
-
-    def collate_extra(self, encoded: list) -> dict:
-        return self.expert.collate_extra(encoded)
 
     def setup(self, trainer):
         super().setup(trainer)

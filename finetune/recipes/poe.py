@@ -32,14 +32,14 @@ import torch
 
 from mbias.errors import ConfigError
 from mbias.finetune.bias_expert import (
-    BiasExpert,
     BiasExpertConfig,
+    BiasExpertRecipe,
     expert_signals,
     gold_logp,
     main_logits,
 )
 from mbias.finetune.data import answer_forward
-from mbias.finetune.recipes.base import RECIPES, Recipe
+from mbias.finetune.recipes.base import RECIPES
 
 
 @dataclass
@@ -72,23 +72,11 @@ def lpf_weights(bias_logp: torch.Tensor, target: torch.Tensor, rows: torch.Tenso
 
 
 @RECIPES.register("poe")
-class PoERecipe(Recipe):
+class PoERecipe(BiasExpertRecipe):
     config_class = PoEConfig
     description = "Product of experts with a detached bias expert (the model without the image, or a prior " \
                   "table); the model alone answers at inference. mode: lpf reweights the loss instead."
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.expert = BiasExpert(self.config, "poe")
-        self.needs_no_image = self.config.bias_expert == "no_image"
-        self.needs_unimodal = self.config.bias_expert == "masked_image"
-
-    def bind_data(self, examples) -> None:
-        self.expert.bind(examples)
-        self.needs_label_space = self.expert.uses_choices
-
-    def collate_extra(self, encoded: list) -> dict:
-        return self.expert.collate_extra(encoded)
 
     def training_step(self, model, inputs):
         bias_logp = self.expert.log_probs(self, model, inputs)
