@@ -3,7 +3,8 @@
 Each model is audited with ``mbias audit`` (probes modality_shapley, conflict, ablation) on 200 examples of
 synth:shapes-p90/test-balanced (what a user's data resembles: the wording predicts nothing) and of test-cp (the
 wording always points to a wrong answer). Expected: p00, p50, p70 (their planted prior did not survive training)
-not language-reliant; p90 and p99 language-reliant, p99 more severely; the p90 model with its projector zeroed
+not language-reliant; p90 and p99 language-reliant, p99 more severely, and so are two more builds of p90 (training
+seeds 1 and 2, whose priors survived more and less: results/zoo_spread.md); the p90 model with its projector zeroed
 (it cannot see) language-dominant; with its question-token embeddings zeroed (it cannot read) vision-dominant.
 The two broken models are saved with ``save_pretrained`` and audited from their folders, as a user's model is.
 
@@ -24,6 +25,7 @@ WORK = Path("/tmp/mbias-zoo-verdicts")
 PROBES = ["modality_shapley", "conflict", "ablation"]
 EXPECTED = {"p00": "not language-reliant", "p50": "not language-reliant", "p70": "not language-reliant",
             "p90": "language-reliant", "p99": "language-reliant, more severe than p90",
+            "p90, training seed 1": "language-reliant", "p90, training seed 2": "language-reliant",
             "p90, projector zeroed": "language-dominant", "p90, question embeddings zeroed": "vision-dominant"}
 
 
@@ -66,6 +68,7 @@ def main() -> None:
     from mbias.reports.content import pct, verdict_label
 
     models = {f"p{k}": f"zoo:shapes-p{k}" for k in ("00", "50", "70", "90", "99")}
+    models.update({f"p90, training seed {s}": f"zoo:shapes-p90-seed{s}" for s in (1, 2)})  # other builds
     models["p90, projector zeroed"] = broken_model("blind")
     models["p90, question embeddings zeroed"] = broken_model("deaf")
     rows = []
