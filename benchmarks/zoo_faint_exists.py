@@ -55,9 +55,9 @@ def main() -> None:
 
     from scipy.stats import spearmanr
 
+    from mbias.display import fmt
     from mbias.models import load_adapter
     from mbias.probes import PROBES, SampleContext
-    from mbias.reports.content import fmt
     from mbias.synth import PRIORS, load_synth
     from mbias.zoo import build_zoo_model
     from mbias.zoo.train import choice_accuracy

@@ -25,10 +25,10 @@ def main() -> None:
     ap.add_argument("--n-mm", type=int, default=60, help="samples for mm_shap (the costly one)")
     args = ap.parse_args()
 
+    from mbias.display import fmt
     from mbias.models import load_adapter
     from mbias.probes import PROBES, SampleContext
     from mbias.probes.mm_shap import MMShapConfig
-    from mbias.reports.content import fmt
     from mbias.synth import PRIORS, load_synth
 
     rows = []

@@ -65,7 +65,8 @@ def main() -> None:
 
     from mbias.diagnose.config import AuditConfig
     from mbias.diagnose.runner import run_audit
-    from mbias.reports.content import pct, verdict_label
+    from mbias.display import pct
+    from mbias.reports.content import verdict_label
 
     models = {f"p{k}": f"zoo:shapes-p{k}" for k in ("00", "50", "70", "90", "99")}
     models.update({f"p90, training seed {s}": f"zoo:shapes-p90-seed{s}" for s in (1, 2)})  # other builds

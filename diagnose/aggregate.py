@@ -8,20 +8,19 @@ from mbias.stats import bootstrap_mean
 SCHEMA_VERSION = 1
 
 
-def per_category(records: list[dict]) -> dict:
+def per_category(records: list[dict], probes: dict) -> dict:
+    """Accuracy and every probe measure declared ``per_category``, per category, with intervals."""
     cats = sorted({r.get("category") for r in records if r.get("category") is not None})
     out = {}
     for cat in cats:
         sub = [r for r in records if r.get("category") == cat]
         groups = [r["image_key"] for r in sub]
-        row = {"n": len(sub), "accuracy": bootstrap_mean([r["correct"] for r in sub], groups)}
-        if all("modality_shapley" in r["probes"] for r in sub):
-            row["language_share"] = bootstrap_mean([r["probes"]["modality_shapley"]["language_share"] for r in sub],
-                                                   groups)
-        if all("mm_shap" in r["probes"] for r in sub):
-            row["t_shap"] = bootstrap_mean([r["probes"]["mm_shap"]["t_shap"] for r in sub], groups)
-        if all("gain" in r["probes"].get("ablation", {}) for r in sub):
-            row["multimodal_gain"] = bootstrap_mean([r["probes"]["ablation"]["gain"] for r in sub], groups)
+        row = {"n": len(sub), "accuracy": bootstrap_mean([r["correct"] for r in sub], groups), "probes": {}}
+        for name, probe in probes.items():
+            keys = [m.key for m in probe.measures if m.per_category]
+            if keys and all(name in r["probes"] for r in sub):
+                row["probes"][name] = {k: bootstrap_mean([r["probes"][name].get(k) for r in sub], groups)
+                                       for k in keys}
         out[cat] = row
     return out
 
@@ -43,7 +42,7 @@ def summarize(records: list[dict], probes: dict, manifest: dict, margin: float) 
         "accuracy_ci95": acc["ci95"],
         "verdict": verdict(probes_summary, margin),
         "probes": probes_summary,
-        "per_category": per_category(records),
+        "per_category": per_category(records, probes),
         "methods": manifest.get("methods", {}),
         "model": manifest.get("model"),
         "adapter": manifest.get("adapter"),

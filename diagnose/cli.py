@@ -37,13 +37,14 @@ def run_audit_command(args) -> int:
 
 
 def verdict_line(summary: dict, where: str) -> str:
-    from mbias.reports.content import pct, share_phrase, verdict_label
+    from mbias.display import pct
+    from mbias.reports.content import has_conflict_evidence, share_phrase, verdict_label
 
     v = summary["verdict"]
     if v["dominant_modality"] is None:
         return f"audit of {summary['n_samples']} samples written to {where} (no verdict: {v.get('note')})"
     parts = []
-    if "conflict" in (v.get("evidence") or []):
+    if has_conflict_evidence(v):
         if v["dominant_modality"] == "vision":
             parts.append(f"gives the image-alone answer over the question on {pct(v['follows_image'])} of "
                          f"{v['n_image_conflicts']} image conflicts")

@@ -33,12 +33,20 @@ def severity(rate: float) -> str:
     return next((name for cut, name in SEVERITY if rate >= cut), "slight")
 
 
+def _evidence(probes_summary: dict, kind: str) -> str | None:
+    """The probe in the summary that declares this kind of verdict evidence (the best-ranked), or None."""
+    from mbias.probes import PROBES
+
+    found = [(PROBES.get(n).evidence[1], n) for n in probes_summary
+             if n in PROBES and (PROBES.get(n).evidence or ("",))[0] == kind]
+    return min(found)[1] if found else None
+
+
 def _share(probes_summary: dict) -> tuple[dict | None, str | None]:
-    if "modality_shapley" in probes_summary:
-        return probes_summary["modality_shapley"]["language_share"], "modality_shapley"
-    if "mm_shap" in probes_summary:
-        return probes_summary["mm_shap"]["t_shap"], "mm_shap"
-    return None, None
+    from mbias.probes import PROBES
+
+    name = _evidence(probes_summary, "share")
+    return (probes_summary[name][PROBES.get(name).share_key], name) if name else (None, None)
 
 
 def _behaviour(conflict: dict, share: dict | None) -> tuple[str | None, float | None]:
@@ -74,7 +82,8 @@ def _behaviour(conflict: dict, share: dict | None) -> tuple[str | None, float | 
 def verdict(probes_summary: dict, margin: float) -> dict:
     """The verdict record of summary.json (see reports/summary.schema.json)."""
     share, share_probe = _share(probes_summary)
-    conflict = probes_summary.get("conflict")
+    conflict_probe = _evidence(probes_summary, "conflict")
+    conflict = probes_summary[conflict_probe] if conflict_probe else None
     out = {"dominant_modality": None, "severity": None, "leaning": None,
            "language_share": share["mean"] if share else None, "ci95": share["ci95"] if share else [None, None],
            "follows_text": conflict["follows_text"] if conflict else None,
@@ -90,13 +99,13 @@ def verdict(probes_summary: dict, margin: float) -> dict:
     if extreme:  # the model barely uses the other side at all (an exact attribution): that decides
         out.update(dominant_modality=extreme, severity="severe", rests_on=share_probe, evidence=[share_probe])
         if side is not None:
-            out["evidence"].append("conflict")
+            out["evidence"].append(conflict_probe)
         if side not in (None, "balanced", extreme):
             out["note"] = f"the conflicts point the other way ({side})"
         return out
     if side is not None:
         out.update(dominant_modality=side, severity="none" if side == "balanced" else severity(rate),
-                   rests_on="conflict", evidence=["conflict"])
+                   rests_on=conflict_probe, evidence=[conflict_probe])
         return out
     if share is None or share["mean"] is None:
         out["note"] = "no share probe (modality_shapley or mm_shap) and too few conflicts (conflict probe) to judge"

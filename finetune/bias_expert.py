@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 
 from mbias.errors import ConfigError, DataError
+from mbias.example import normalize_answer
 from mbias.finetune.data import MB, answer_logits, choice_logits, first_of_row
 from mbias.finetune.recipes.base import Recipe
-from mbias.models.types import normalize_answer
 
 EXPERTS = ("no_image", "masked_image", "prior_table")
 SPACES = ("auto", "choices", "tokens")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from mbias.errors import DataError
+from mbias.example import normalize_answer
 from mbias.models.batching import collate
-from mbias.models.types import normalize_answer
 
 MB = "mb_"
 NOIMAGE = MB + "noimage__"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mbias.display import fmt
 from mbias.errors import ConfigError
-from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
+from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, UP, Measure, Plot, Probe, SampleContext, Series
 from mbias.stats import bootstrap_mean
 
 CONDITIONS = {  # summary name -> (image mode, text mode)
@@ -36,9 +37,35 @@ class AblationConfig:
                               f"got {self.conditions!r}")
 
 
+def _accuracy_bars(summary: dict, records: list[dict]) -> list[Series]:
+    """Accuracy per condition: the full input, the image conditions, the question masked."""
+    acc, ci = summary["accuracy"], summary["accuracy_ci95"]
+    out = []
+    for label, names, side in (("full input", ["full"], "neutral"),
+                               ("image changed", [n for n in acc if "image" in n], "vision"),
+                               ("question masked", ["no_text"], "language")):
+        names = [n for n in names if n in acc]
+        if names:
+            out.append(Series(label, [n.replace("_", " ") for n in names], [acc[n] for n in names],
+                              [ci[n][0] for n in names], [ci[n][1] for n in names], side))
+    return out
+
+
 @PROBES.register("ablation")
 class AblationProbe(Probe):
     config_class = AblationConfig
+    title = "Ablations (counterfactual inputs)"
+    measures = (Measure("gain", "multimodal gain (accuracy full - no image)", UP, per_category=True,
+                        card="multimodal_gain"),
+                Measure("acc_no_image", "accuracy, no image"), Measure("acc_no_text", "accuracy, question masked"),
+                Measure("acc_swapped_image", "accuracy, swapped image"))
+    plots = (Plot("ablation", "bars", _accuracy_bars, ylabel="accuracy", ylim=(0, 1.05)),)
+    summary_schema = {
+        "type": "object", "required": ["accuracy"],
+        "properties": {"accuracy": {"type": "object", "properties": {
+            c: {"type": "number"} for c in ("full", "no_image", "blank_image", "noise_image", "swapped_image",
+                                            "no_text")}},
+            "multimodal_gain": {"type": "number"}}}
     definition = ("Accuracy when the image is removed, blanked, replaced by noise or by another sample's image, "
                   "or when the question is masked; the multimodal gain is full minus no-image accuracy.")
 
@@ -66,7 +93,8 @@ class AblationProbe(Probe):
             stat = bootstrap_mean([r.get(key) for r in records], groups)
             acc[name], acc_ci[name] = stat["mean"], stat["ci95"]
             logprob[name] = bootstrap_mean([r.get(f"logprob_{name}") for r in records], groups)["mean"]
-        out = {"accuracy": acc, "accuracy_ci95": acc_ci, "mean_logprob": logprob}
+        out = {**super().summarize(records, groups), "accuracy": acc, "accuracy_ci95": acc_ci,
+               "mean_logprob": logprob}
         if any("gain" in r for r in records):
             mg = bootstrap_mean([r.get("gain") for r in records], groups)
             out["multimodal_gain"], out["multimodal_gain_ci95"] = mg["mean"], mg["ci95"]
@@ -74,6 +102,19 @@ class AblationProbe(Probe):
         if any("flip_swap" in r for r in records):
             out["flip_rate"] = bootstrap_mean([r.get("flip_swap") for r in records], groups)
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        rows = [(f"accuracy, {k.replace('_', ' ')}", fmt({"mean": summary["accuracy"][k],
+                                                          "ci95": summary["accuracy_ci95"][k]}))
+                for k in summary["accuracy"]]
+        if "multimodal_gain" in summary:
+            rows.append(("multimodal gain (full - no image)",
+                         fmt({"mean": summary["multimodal_gain"], "ci95": summary["multimodal_gain_ci95"]})))
+            rows.append(("visual information gain (nats)", fmt(summary["visual_info_gain"])))
+        if "flip_rate" in summary:
+            rows.append(("answers that change with a swapped image", fmt(summary["flip_rate"])))
+        return rows
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)

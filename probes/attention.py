@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mbias.probes.base import PROBES, Probe, SampleContext
+from mbias.display import fmt
+from mbias.probes.base import PROBES, Measure, Plot, Probe, SampleContext, Series
 from mbias.stats import bootstrap_mean
 
 
@@ -24,6 +25,15 @@ class AttentionConfig:
 @PROBES.register("attention")
 class AttentionProbe(Probe):
     config_class = AttentionConfig
+    title = "Attention to image tokens"
+    note = "Attention is correlational, not causal: it says where the model looks, not what it uses."
+    measures = (Measure("image_attention_share", "attention on image tokens"),)
+    plots = (Plot("attention_layers", "lines", lambda s, recs: [
+        Series("raw share", list(range(len(s["per_layer"]))), s["per_layer"], side="vision"),
+        Series("relative to token share", list(range(len(s["per_layer"]))), s["per_layer_normalised"])],
+        xlabel="language-model layer", ylabel="attention to image tokens", ref=1.0),)
+    summary_schema = {"type": "object", "required": ["image_attention_share"],
+                      "properties": {"image_attention_share": {"$ref": "#/$defs/stat"}}}
     definition = ("Share of the answer positions' attention that lands on image tokens, per layer, raw and "
                   "relative to the image tokens' share of the sequence (correlational, not causal).")
 
@@ -55,6 +65,14 @@ class AttentionProbe(Probe):
         out["per_layer_normalised"] = np.mean([r["per_layer_normalised"] for r in records], axis=0).tolist()
         out["image_token_fraction"] = float(np.mean([r["image_token_fraction"] for r in records]))
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        return [("attention on image tokens", fmt(summary["image_attention_share"])),
+                ("relative to their share of tokens (1 = proportional)",
+                 fmt(summary["image_attention_share_normalised"])),
+                ("attention on question tokens", fmt(summary["question_attention_share"])),
+                ("image tokens' share of the sequence", fmt(summary["image_token_fraction"]))]
 
     def describe(self, adapter) -> dict:
         return {"players": "image tokens vs question tokens", "value_function": "eager attention weights, mean "

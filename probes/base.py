@@ -1,22 +1,39 @@
-"""What every probe shares: the registry, the per-sample context, and memoised modality-ablated outcomes.
+"""What every probe shares: the registry, what a probe declares for the reports, the per-sample context, and
+memoised modality-ablated outcomes.
 
 A probe turns one prepared example into one plain-float record (``run``) and a list of records into summary
 numbers with intervals (``summarize``). Probes never touch architecture details: they ask the sample context for
 scores of masked variants, and the context asks the model adapter. Outcomes that several probes need (the full
 input, the image masked, the question masked, ...) are computed once per sample and shared.
+
+A probe is one file: besides measuring, it declares what it contributes to everything downstream (the way
+lm-eval registers a metric with its aggregation and direction), and ``diagnose/`` and ``reports/`` loop over the
+registry: its ``measures`` (per-sample numbers with the direction that is better, which become the compare
+page's rows, per-category columns and model-card metrics), its report ``title``, ``report_rows`` and ``note``,
+its ``plots`` (data only: ``reports/plots.py`` draws them), its ``summary_schema`` (its part of
+``summary.schema.json``) and, for the few probes the verdict rests on, its ``evidence``. This module and every
+probe module import torch only inside the functions that compute, so the reports (which must render from
+``summary.json`` alone, without torch) can read the declarations.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from mbias.models.types import Prepared, normalize_answer
+from mbias.display import fmt
+from mbias.example import normalize_answer
 from mbias.registry import Registry
+from mbias.stats import bootstrap_mean
+
+if TYPE_CHECKING:
+    import torch
+
+    from mbias.models.types import Prepared
 
 KEEP, MASK, REMOVED = "keep", "mask", "removed"
 
@@ -80,6 +97,8 @@ class SampleContext:
         return self.outcomes([(image, text)])[0]
 
     def _compute(self, prepared: Prepared, variants: list[tuple[str, str]]) -> None:
+        import torch
+
         ad = self.adapter
         ids_rows, feat_rows = [], []
         for image, text in variants:
@@ -99,6 +118,8 @@ class SampleContext:
     def evaluate(self, prepared: Prepared, ids: torch.Tensor, feats: torch.Tensor | None) -> list[Outcome]:
         """Outcomes of explicit variants (prompt ids [V, P], image rows [V, N, D]) in as few passes as possible:
         with ``choices`` one batched scoring call gives both the gold log-prob and the prediction."""
+        import torch
+
         ad = self.adapter
         gold = normalize_answer(self.example.answer)
         if prepared.choice_ids:
@@ -124,12 +145,65 @@ def _gold_index(example) -> int:
     raise ValueError(f"example {example.id!r}: the answer is not among the choices")
 
 
+UP, DOWN, AWAY = "up", "down", "away"  # better when it rises / falls / moves away from the dominant side
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A per-sample number a probe records (``record[key]``), aggregated with a bootstrap interval under the same
+    key in its summary, and shown wherever it belongs: a compare row always; a per-category column and a
+    model-card metric when asked."""
+
+    key: str
+    label: str
+    better: str | None = None  # UP, DOWN, AWAY (a share: away from the side the verdict found dominant), None
+    rate: bool = False  # a proportion, shown as a percentage
+    per_category: bool = False
+    card: str | None = None  # the model-index metric type, when the measure goes on the model card
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line, bar set or histogram of a plot: x positions (or bar names), values, and an optional interval."""
+
+    label: str
+    x: list
+    y: list
+    lo: list | None = None
+    hi: list | None = None
+    side: str = "neutral"  # the colour: language, vision or neutral
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A figure a probe contributes, as data: ``series(probe_summary, probe_records)`` -> the series to draw ([]
+    for none); ``kind`` is hist (of per-sample values), bars or lines. ``reports/plots.py`` draws it."""
+
+    name: str
+    kind: str
+    series: Callable[[dict, list[dict]], list[Series]]
+    xlabel: str = ""
+    ylabel: str = ""
+    ylim: tuple[float, float] | None = None
+    ref: float | None = None  # a reference line: vertical on a histogram, horizontal otherwise
+
+
 class Probe:
-    """Base class. Subclasses set ``config_class``, implement ``run`` and ``summarize``, and register by name."""
+    """Base class. Subclasses set ``config_class``, implement ``run``, declare their report outputs, and register
+    by name. ``summarize`` aggregates every declared measure; a probe adds what else its summary holds."""
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = type(None)
+    title: ClassVar[str] = ""  # the report section's heading
     definition: ClassVar[str] = ""  # one sentence for the report
+    note: ClassVar[str] = ""  # a caveat printed under the section
+    measures: ClassVar[tuple[Measure, ...]] = ()
+    plots: ClassVar[tuple[Plot, ...]] = ()
+    summary_schema: ClassVar[dict] = {"type": "object"}
+    # (kind, rank): what the verdict may rest on ("share": a language share in [0, 1] under ``share_key``, lower
+    # rank preferred; "conflict": follows_text / follows_image rates); None: not verdict evidence
+    evidence: ClassVar[tuple[str, int] | None] = None
+    share_key: ClassVar[str] = ""
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -138,7 +212,12 @@ class Probe:
         raise NotImplementedError
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
-        raise NotImplementedError
+        return {m.key: bootstrap_mean([r.get(m.key) for r in records], groups) for m in self.measures}
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        """(label, value) rows of the report section, from this probe's part of summary.json."""
+        return [(m.label, fmt(summary.get(m.key))) for m in cls.measures]
 
     def describe(self, adapter) -> dict:
         """Method details recorded with the results: masks, value function, estimator, budget."""

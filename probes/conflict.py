@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mbias.display import fmt, pct
 from mbias.errors import ConfigError
-from mbias.models.types import normalize_answer
-from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
+from mbias.example import normalize_answer
+from mbias.probes.base import DOWN, KEEP, MASK, PROBES, REMOVED, Measure, Probe, SampleContext
 from mbias.stats import bootstrap_mean
 
 
@@ -58,6 +59,19 @@ def conflict_record(full: str, text_alone: str, image_alone: str, gold: str) -> 
 @PROBES.register("conflict")
 class ConflictProbe(Probe):
     config_class = ConflictConfig
+    title = "Conflicts: wording against image"
+    note = ("A model that looks at the image is as accurate where the question alone is wrong as where it is right; "
+            "the gap between the two accuracies is the price of following the wording.")
+    measures = (Measure("follows_text", "follows the wording over the image (wording conflicts)", DOWN, rate=True,
+                        per_category=True, card="follows_wording"),
+                Measure("follows_image", "gives the image-alone answer over the question (image conflicts)", DOWN,
+                        rate=True))
+    summary_schema = {"type": "object",
+                      "required": ["follows_text", "follows_image", "n_text_conflicts", "n_image_conflicts"],
+                      "properties": {"follows_text": {"$ref": "#/$defs/stat"},
+                                     "follows_image": {"$ref": "#/$defs/stat"},
+                                     "n_text_conflicts": {"type": "integer"}, "n_image_conflicts": {"type": "integer"}}}
+    evidence = ("conflict", 0)
     definition = ("On the samples where the question alone (image removed) gives a wrong answer, how often the "
                   "model gives that same answer with the image in view: it follows the wording over the image. "
                   "And the counterpart: where the image alone (question masked) gives a wrong answer, how often "
@@ -69,12 +83,24 @@ class ConflictProbe(Probe):
         return conflict_record(full.prediction, text_alone.prediction, image_alone.prediction, ctx.example.answer)
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
-        out = {key: bootstrap_mean([r[key] for r in records], groups)
-               for key in ("follows_text", "follows_image", "correct_text_conflict", "correct_text_agrees")}
+        out = super().summarize(records, groups)
+        out.update({key: bootstrap_mean([r[key] for r in records], groups)
+                    for key in ("correct_text_conflict", "correct_text_agrees")})
         out["text_alone_accuracy"] = bootstrap_mean([1 - r["text_conflict"] for r in records], groups)
         out["n_text_conflicts"] = int(sum(r["text_conflict"] for r in records))
         out["n_image_conflicts"] = int(sum(r["image_conflict"] for r in records))
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        return [
+            (f"follows the wording over the image ({summary['n_text_conflicts']} wording conflicts)",
+             pct(summary["follows_text"])),
+            (f"gives the image-alone answer over the question ({summary['n_image_conflicts']} image conflicts)",
+             pct(summary["follows_image"])),
+            ("accuracy where the question alone gets it wrong", fmt(summary["correct_text_conflict"])),
+            ("accuracy where the question alone gets it right", fmt(summary["correct_text_agrees"])),
+            ("answered right from the question alone (no image)", fmt(summary["text_alone_accuracy"]))]
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from mbias.config import check_number
+from mbias.display import fmt
 from mbias.errors import ConfigError
-from mbias.probes.base import PROBES, Probe, SampleContext
+from mbias.probes.base import PROBES, Measure, Plot, Probe, SampleContext, Series
 from mbias.stats import auc, bootstrap_mean
 
 
@@ -37,13 +37,28 @@ class DegradationConfig:
             raise ConfigError(f"modalities must be image and/or text; got {self.modalities}")
 
 
+def _curves(summary: dict, records: list[dict]) -> list[Series]:
+    return [Series(f"{m} missing (AUC {summary[m]['auc']:.2f})", summary[m]["rates"], summary[m]["accuracy"],
+                   [ci[0] for ci in summary[m]["accuracy_ci95"]], [ci[1] for ci in summary[m]["accuracy_ci95"]],
+                   "vision" if m == "image" else "language")
+            for m in ("image", "text") if m in summary]
+
+
 @PROBES.register("degradation")
 class DegradationProbe(Probe):
     config_class = DegradationConfig
+    title = "Missing-modality curves"
+    note = "A flat image curve means the model never used the image."
+    measures = (Measure("image_auc", "degradation AUC, image"), Measure("text_auc", "degradation AUC, text"))
+    plots = (Plot("degradation", "lines", _curves, xlabel="missing rate", ylabel="accuracy", ylim=(0, 1.05)),)
+    summary_schema = {"type": "object", "properties": {"image": {"$ref": "#/$defs/curve"},
+                                                       "text": {"$ref": "#/$defs/curve"}}}
     definition = ("Accuracy as a growing share of image patches (or question tokens) goes missing at random; the "
                   "area under the curve summarises robustness, and a flat image curve means the image was unused.")
 
     def run(self, ctx: SampleContext) -> dict:
+        import torch
+
         p, ad, cfg = ctx.prepared, ctx.adapter, self.config
         record = {"rates": list(cfg.rates)}
         for modality in cfg.modalities:
@@ -63,7 +78,7 @@ class DegradationProbe(Probe):
         return record
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
-        out = {}
+        out = super().summarize(records, groups)  # image_auc / text_auc; the curves below
         for modality in self.config.modalities:
             accs = np.array([r[f"{modality}_accuracy"] for r in records])
             lps = np.array([r[f"{modality}_logprob"] for r in records])
@@ -75,6 +90,11 @@ class DegradationProbe(Probe):
                 "accuracy_ci95": [bootstrap_mean(accs[:, i], groups)["ci95"] for i in range(accs.shape[1])],
             }
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        return [(f"AUC, {m} missing", fmt({"mean": summary[m]["auc"], "ci95": summary[m]["auc_ci95"]}))
+                for m in ("image", "text") if m in summary]
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mbias.config import check_number
+from mbias.display import fmt
 from mbias.errors import ConfigError
-from mbias.probes.base import PROBES, Probe, SampleContext
-from mbias.shapley import exact_shapley, permutation_shapley
+from mbias.probes.base import AWAY, PROBES, Measure, Plot, Probe, SampleContext, Series
 from mbias.stats import bootstrap_mean
 
 ESTIMATORS = ("auto", "exact", "permutation", "captum_sampling", "captum_kernel")
@@ -65,6 +65,15 @@ def t_shap(phi: np.ndarray, n_text: int) -> tuple[float | None, float | None]:
 @PROBES.register("mm_shap")
 class MMShapProbe(Probe):
     config_class = MMShapConfig
+    title = "MM-SHAP (question tokens vs image patches)"
+    note = "T-SHAP depends on how many players each side has; the per-player share corrects for it."
+    measures = (Measure("t_shap", "T-SHAP (MM-SHAP)", AWAY, per_category=True, card="t_shap"),)
+    plots = (Plot("tshap_distribution", "hist", lambda s, recs: [Series(
+        "T-SHAP (MM-SHAP)", [], [r["t_shap"] for r in recs if r["t_shap"] is not None], side="vision")],
+        xlabel="question tokens' share of the attribution (0 = all image, 1 = all text)", ylabel="samples", ref=0.5),)
+    summary_schema = {"type": "object", "required": ["t_shap", "v_shap"],
+                      "properties": {"t_shap": {"$ref": "#/$defs/stat"}, "v_shap": {"$ref": "#/$defs/stat"}}}
+    evidence, share_key = ("share", 1), "t_shap"
     definition = ("Shapley values of every question token and image patch group (MM-SHAP); T-SHAP is the text "
                   "tokens' share of the total absolute attribution.")
 
@@ -75,6 +84,7 @@ class MMShapProbe(Probe):
 
     def run(self, ctx: SampleContext) -> dict:
         from mbias.captum_input import ImageTextInput, captum_shapley
+        from mbias.shapley import exact_shapley, permutation_shapley
 
         cfg = self.config
         value = cfg.value
@@ -114,6 +124,13 @@ class MMShapProbe(Probe):
         out["mean_evaluations"] = float(np.mean([r["n_evaluations"] for r in records]))
         out["max_abs_efficiency_gap"] = float(max(abs(r["efficiency_gap"]) for r in records))
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        return [("T-SHAP (text share)", fmt(summary["t_shap"])), ("V-SHAP (image share)", fmt(summary["v_shap"])),
+                ("T-SHAP, per player", fmt(summary["t_shap_per_player"])),
+                ("coalitions scored per sample", f"{summary['mean_evaluations']:.0f}"),
+                ("largest efficiency gap", f"{summary['max_abs_efficiency_gap']:.1e}")]
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)

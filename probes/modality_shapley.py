@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mbias.display import fmt
 from mbias.errors import ConfigError
-from mbias.probes.base import KEEP, MASK, PROBES, REMOVED, Probe, SampleContext
+from mbias.probes.base import AWAY, KEEP, MASK, PROBES, REMOVED, Measure, Plot, Probe, SampleContext, Series
 from mbias.stats import bootstrap_mean, ratio_share
 
 VALUES = ("auto", "logprob", "choice", "acc")
@@ -66,6 +67,17 @@ def shares(phi_img: float, phi_txt: float) -> tuple[float | None, float | None]:
 @PROBES.register("modality_shapley")
 class ModalityShapleyProbe(Probe):
     config_class = ModalityShapleyConfig
+    title = "Modality Shapley (image vs question)"
+    measures = (Measure("language_share", "language share (modality Shapley)", AWAY, per_category=True,
+                        card="language_share"),)
+    plots = (Plot("share_distribution", "hist", lambda s, recs: [Series(
+        "language share (modality Shapley)", [], [r["language_share"] for r in recs if r["language_share"] is not None],
+        side="language")], xlabel="share of the answer attributed to the question (0 = all image, 1 = all text)",
+        ylabel="samples", ref=0.5),)
+    summary_schema = {"type": "object", "required": ["language_share", "vision_share"],
+                      "properties": {"language_share": {"$ref": "#/$defs/stat"},
+                                     "vision_share": {"$ref": "#/$defs/stat"}}}
+    evidence, share_key = ("share", 0), "language_share"
     definition = ("Exact two-player Shapley values of the image and the question for the gold answer's "
                   "log-probability (renormalised over the choices when there are choices); the language share is "
                   "the question's part of the total absolute contribution.")
@@ -105,6 +117,16 @@ class ModalityShapleyProbe(Probe):
         out["pooled_language_share"] = ratio_share([abs(r["phi_text"]) for r in records],
                                                    [abs(r["phi_text"]) + abs(r["phi_image"]) for r in records])
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        rows = [("language share", fmt(summary["language_share"])), ("vision share", fmt(summary["vision_share"])),
+                ("phi image (mean)", fmt(summary["phi_image"])), ("phi text (mean)", fmt(summary["phi_text"]))]
+        for value, label in (("logprob", "raw log-prob"), ("acc", "accuracy")):
+            if f"language_share_{value}" in summary:
+                rows.append((f"language share, {label}-valued", fmt(summary[f"language_share_{value}"])))
+        rows.append(("value function", ", ".join(summary["value_function"])))
+        return rows
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)

@@ -9,14 +9,18 @@ generation goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mbias.config import check_number
+from mbias.display import fmt
 from mbias.errors import ConfigError
-from mbias.probes.base import PROBES, Probe, SampleContext
+from mbias.probes.base import PROBES, Measure, Plot, Probe, SampleContext, Series
 from mbias.stats import bootstrap_mean
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -33,6 +37,8 @@ class PDMConfig:
 
 def hellinger(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Hellinger distance between distributions given as log-probabilities over the last dim."""
+    import torch
+
     bc = torch.exp(0.5 * (logp + logq)).sum(-1).clamp(max=1.0)
     return torch.sqrt(1.0 - bc)
 
@@ -40,10 +46,18 @@ def hellinger(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 @PROBES.register("pdm")
 class PDMProbe(Probe):
     config_class = PDMConfig
+    title = "Image dependence during generation (PDM)"
+    measures = (Measure("mean_hellinger", "Hellinger distance with / without the image, generated tokens"),)
+    plots = (Plot("pdm_steps", "lines", lambda s, recs: [Series(
+        "Hellinger(with image, without)", list(range(1, len(s["hellinger_by_step"]) + 1)), s["hellinger_by_step"],
+        side="vision")] if s.get("hellinger_by_step") else [], xlabel="generated token",
+        ylabel="Hellinger(with image, without)", ylim=(0, 1)),)
     definition = ("Per generated token, the Hellinger distance between next-token distributions with and without "
                   "the image, and the log-probability the image adds to the chosen token.")
 
     def run(self, ctx: SampleContext) -> dict:
+        import torch
+
         ad, p = ctx.adapter, ctx.prepared
         ids, feats = ad.variant_inputs(p, None, None)
         text = ad.generate_inputs(p, ids, feats, max_new_tokens=self.config.max_new_tokens)
@@ -78,6 +92,12 @@ class PDMProbe(Probe):
         out["first_step_hellinger"] = bootstrap_mean(
             [r["hellinger"][0] if r["n_steps"] else None for r in records], groups)
         return out
+
+    @classmethod
+    def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
+        return [("Hellinger distance, first generated token", fmt(summary["first_step_hellinger"])),
+                ("Hellinger distance, all generated tokens", fmt(summary["mean_hellinger"])),
+                ("log-prob the image adds to each chosen token", fmt(summary["mean_logprob_gain"]))]
 
     def describe(self, adapter) -> dict:
         info = super().describe(adapter)

@@ -24,15 +24,27 @@ def _load_summary(folder: Path) -> dict:
 
 
 def _records(folder: Path) -> list[dict]:
-    path = folder / "results.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            break
+    """The audit's per-sample records (a torn last line, from an interrupted run, is left out)."""
+    from mbias.diagnose.store import all_records
+
+    return all_records(folder)
+
+
+def figures(summary: dict, records: list[dict]) -> dict[str, bytes]:
+    """Every plot the audit's probes declare, drawn, plus the per-category shares; by plot name."""
+    from mbias.reports import plots
+    from mbias.reports.content import probe_class
+
+    out = {}
+    for name, probe_summary in summary["probes"].items():
+        cls = probe_class(name)
+        for plot in cls.plots if cls else ():
+            png = plots.draw(plot, probe_summary, [r["probes"][name] for r in records if name in r["probes"]])
+            if png is not None:
+                out[plot.name] = png
+    per_category = plots.per_category(summary)
+    if per_category is not None:
+        out["per_category"] = per_category
     return out
 
 
@@ -50,26 +62,17 @@ def render_audit(folder: str | Path, out: str | Path | None = None) -> Path:
         html_name = "report.html"
     target.mkdir(parents=True, exist_ok=True)
     summary = _load_summary(folder)
-    records = _records(folder)
-    figures = {
-        "share_distribution": plots.share_distribution(records),
-        "per_category": plots.per_category(summary),
-        "ablation": plots.ablation(summary),
-        "degradation": plots.degradation(summary),
-        "attention_layers": plots.attention_layers(summary),
-        "pdm_steps": plots.pdm_steps(summary),
-    }
-    figures = {k: v for k, v in figures.items() if v is not None}
+    figs = figures(summary, _records(folder))
     overlays = [plots.example_overlay(ex) for ex in summary.get("examples", [])]
     (target / "plots").mkdir(exist_ok=True)
     plot_files = {}
-    for name, png in figures.items():
+    for name, png in figs.items():
         (target / "plots" / f"{name}.png").write_bytes(png)
         plot_files[name] = f"plots/{name}.png"
     for i, png in enumerate(overlays):
         (target / "plots" / f"example_{i}.png").write_bytes(png)
     html_path = target / html_name
-    html_path.write_text(render_html(summary, figures, overlays), encoding="utf-8")
+    html_path.write_text(render_html(summary, figs, overlays), encoding="utf-8")
     (target / "report.md").write_text(render_markdown(summary, plot_files), encoding="utf-8")
     (target / "model_card.md").write_text(render_model_card(summary), encoding="utf-8")
     return html_path

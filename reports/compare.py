@@ -1,48 +1,45 @@
 """Compare two audits (before/after): what changed, by how much, with intervals, and whether that is better.
 
 When both audits cover the same samples (same ids) the difference is paired: per-sample differences, bootstrapped
-by image. Otherwise the two means are bootstrapped independently. Each measure has a direction: accuracy up is
-better, following the wording (or the image) on conflicts down is better, and a share is better when it moves
-away from the side the *before* verdict found dominant (towards the image for a language-reliant model).
+by image. Otherwise the two means are bootstrapped independently. The measures are accuracy and every measure the
+probes declare (``mbias.probes.Measure``), each with its direction: accuracy up is better, following the wording
+(or the image) on conflicts down is better, and a share is better when it moves away from the side the *before*
+verdict found dominant (towards the image for a language-reliant model).
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
+from mbias.probes.base import AWAY, DOWN, UP, Measure
 from mbias.reports import _load_summary, _records, plots
-from mbias.reports.content import fmt, model_label, pct, verdict_label, verdict_sentence
-from mbias.reports.html import CSS
+from mbias.reports.content import (
+    fmt,
+    measures_of,
+    model_label,
+    pct,
+    probe_class,
+    verdict_label,
+    verdict_sentence,
+)
+from mbias.reports.render import render
 from mbias.stats import bootstrap_diff, bootstrap_mean
 
-UP, DOWN, AWAY = "up", "down", "away"  # better when it rises / falls / moves away from the dominant side
+ACCURACY = Measure("correct", "accuracy", UP)
+HEADLINE = ("follows_text", "correct", "language_share")  # what the headline sentence reports, in this order
 
 
-def _probe(r: dict, probe: str, key: str):
-    return r["probes"].get(probe, {}).get(key)
+def measures(records: list[dict]) -> list[tuple[str | None, Measure]]:
+    """(probe or None for the sample itself, measure) for accuracy and every declared measure of the probes
+    these records ran, in the order they ran."""
+    probes = list(dict.fromkeys(name for r in records for name in r["probes"]))
+    return [(None, ACCURACY)] + [(name, m) for name in probes for m in measures_of(name)]
 
 
-MEASURES = [  # (key, label, getter over a per-sample record, better direction or None, rate shown in %)
-    ("accuracy", "accuracy", lambda r: r.get("correct"), UP, False),
-    ("follows_text", "follows the wording over the image (wording conflicts)",
-     lambda r: _probe(r, "conflict", "follows_text"), DOWN, True),
-    ("follows_image", "gives the image-alone answer over the question (image conflicts)",
-     lambda r: _probe(r, "conflict", "follows_image"), DOWN, True),
-    ("language_share", "language share (modality Shapley)", lambda r: _probe(r, "modality_shapley", "language_share"),
-     AWAY, False),
-    ("t_shap", "T-SHAP (MM-SHAP)", lambda r: _probe(r, "mm_shap", "t_shap"), AWAY, False),
-    ("multimodal_gain", "multimodal gain (accuracy full - no image)", lambda r: _probe(r, "ablation", "gain"), UP,
-     False),
-    ("acc_no_image", "accuracy, no image", lambda r: _probe(r, "ablation", "acc_no_image"), None, False),
-    ("acc_no_text", "accuracy, question masked", lambda r: _probe(r, "ablation", "acc_no_text"), None, False),
-    ("acc_swapped_image", "accuracy, swapped image", lambda r: _probe(r, "ablation", "acc_swapped_image"), None,
-     False),
-    ("image_auc", "degradation AUC, image", lambda r: _probe(r, "degradation", "image_auc"), None, False),
-    ("text_auc", "degradation AUC, text", lambda r: _probe(r, "degradation", "text_auc"), None, False),
-    ("attention", "attention on image tokens", lambda r: _probe(r, "attention", "image_attention_share"), None,
-     False),
-]
+def _getter(probe: str | None, key: str):
+    if probe is None:
+        return lambda r: r.get(key)
+    return lambda r: r["probes"].get(probe, {}).get(key)
 
 
 def _judge(diff: dict, direction: str | None, dominant: str | None) -> str:
@@ -62,7 +59,8 @@ def compare_rows(recs_a: list[dict], recs_b: list[dict], dominant_before: str | 
     shared = [r["id"] for r in recs_b if r["id"] in by_a]
     paired = len(shared) == len(recs_a) == len(recs_b) and len(shared) > 0
     rows = []
-    for key, label, get, direction, rate in MEASURES:
+    for probe, m in measures(recs_a):
+        get = _getter(probe, m.key)
         va = [get(r) for r in recs_a]
         vb = [get(r) for r in recs_b]
         if all(v is None for v in va) or all(v is None for v in vb):
@@ -76,9 +74,9 @@ def compare_rows(recs_a: list[dict], recs_b: list[dict], dominant_before: str | 
             diff = bootstrap_mean(diffs, [by_a[i]["image_key"] for i in shared])
         else:
             diff = bootstrap_diff(vb, va)
-        judgement = _judge(diff, direction, dominant_before)
-        rows.append({"key": key, "measure": label, "before": a, "after": b, "difference": diff, "rate": rate,
-                     "judgement": judgement, "clear": judgement != "no clear change"})
+        judgement = _judge(diff, m.better, dominant_before)
+        rows.append({"key": m.key, "probe": probe, "measure": m.label, "before": a, "after": b, "difference": diff,
+                     "rate": m.rate, "judgement": judgement, "clear": judgement != "no clear change"})
     return rows, paired
 
 
@@ -99,26 +97,36 @@ def _change(row: dict) -> str:
 def headline(rows: list[dict], va: dict, vb: dict) -> str:
     """One sentence a reviewer can quote: the key measures after, where they came from, and the verdicts."""
     parts = []
-    for row in (r for r in rows if r["key"] in ("follows_text", "accuracy", "language_share")):
-        if row["after"]["mean"] is None or row["before"]["mean"] is None:
+    for key in HEADLINE:
+        row = next((r for r in rows if r["key"] == key), None)
+        if row is None or row["after"]["mean"] is None or row["before"]["mean"] is None:
             continue
         after = f"{100 * row['after']['mean']:.0f}%" if row["rate"] else f"{row['after']['mean']:.2f}"
         before = f"{100 * row['before']['mean']:.0f}%" if row["rate"] else f"{row['before']['mean']:.2f}"
-        name = {"follows_text": "follows the wording on conflicts", "accuracy": "accuracy",
-                "language_share": "language share"}[row["key"]]
+        name = {"follows_text": "follows the wording on conflicts", "correct": "accuracy",
+                "language_share": "language share"}[key]
         if not row["clear"]:
             parts.append(f"{name} {after}, no clear change from {before} ({_change(row)})")
         else:
             way = "down" if row["difference"]["mean"] < 0 else "up"
             parts.append(f"{name} {after}, {way} from {before} ({_change(row)}, {row['judgement']})")
-    verdicts = f"verdict {verdict_label(va)} before, {verdict_label(vb)} after"
-    return ("After: " + "; ".join(parts) + f". {verdicts[0].upper()}{verdicts[1:]}.") if parts else \
-        f"{verdicts[0].upper()}{verdicts[1:]}."
+    verdicts = f"Verdict {verdict_label(va)} before, {verdict_label(vb)} after."
+    return f"After: {'; '.join(parts)}. {verdicts}" if parts else verdicts
 
 
-def _figures(sa: dict, sb: dict, recs_a, recs_b) -> list[tuple[str, bytes | None, bytes | None]]:
-    return [("Accuracy under counterfactual inputs", plots.ablation(sa), plots.ablation(sb)),
-            ("Per-sample language share", plots.share_distribution(recs_a), plots.share_distribution(recs_b))]
+def _figures(sa: dict, sb: dict, recs_a: list[dict], recs_b: list[dict]) -> list[tuple[str, bytes, bytes]]:
+    """Every plot the probes declare, drawn for both audits, where both have it."""
+    out = []
+    for name in sa["probes"]:
+        cls = probe_class(name)
+        if cls is None or name not in sb["probes"]:
+            continue
+        for plot in cls.plots:
+            pair = [plots.draw(plot, s["probes"][name], [r["probes"][name] for r in recs if name in r["probes"]])
+                    for s, recs in ((sa, recs_a), (sb, recs_b))]
+            if all(pair):
+                out.append((f"{cls.title}: {plot.name.replace('_', ' ')}", *pair))
+    return out
 
 
 def comparison(a: Path, b: Path) -> dict:
@@ -132,59 +140,24 @@ def comparison(a: Path, b: Path) -> dict:
 
 def write_compare(a: Path, b: Path, out: Path | None) -> Path:
     c = comparison(a, b)
-    sa, sb, rows, paired, lead = c["before"], c["after"], c["rows"], c["paired"], c["headline"]
-    va, vb = sa["verdict"], sb["verdict"]
-    recs_a, recs_b = c["records"]
+    sa, sb = c["before"], c["after"]
     target = out or (a / "compare.html")
     if target.suffix != ".html":
         target.mkdir(parents=True, exist_ok=True)
         target = target / "compare.html"
     target.parent.mkdir(parents=True, exist_ok=True)
-    how = "paired over the same samples" if paired else "independent samples"
-    e = html.escape
-    table = ["<table><tr><th>measure</th><th>before</th><th>after</th><th>after - before [95% CI]</th>"
-             "<th></th></tr>"]
-    for r in rows:
-        mark = {"better": "ok", "worse": "bad"}.get(r["judgement"], "sub")
-        table.append(f"<tr><td>{e(r['measure'])}</td><td>{e(_value(r['before'], r['rate']))}</td>"
-                     f"<td>{e(_value(r['after'], r['rate']))}</td><td>{e(_change(r))}</td>"
-                     f"<td class=\"{mark}\"><b>{e(r['judgement'])}</b></td></tr>")
-    table.append("</table>")
-    figures = []
-    for title, before, after in _figures(sa, sb, recs_a, recs_b):
-        if before and after:
-            figures.append(f"<section><h2>{e(title)}</h2><div class=\"pair\"><figure><figcaption>before"
-                           f"</figcaption><img class=\"plot\" src=\"{plots.data_uri(before)}\" alt=\"{e(title)}, "
-                           f"before\"></figure><figure><figcaption>after</figcaption><img class=\"plot\" src=\""
-                           f"{plots.data_uri(after)}\" alt=\"{e(title)}, after\"></figure></div></section>")
-
-    def card(title, folder, summary, v):
-        kind = v.get("dominant_modality") or "none"
-        label = verdict_label(v)
-        return (f"<div class=\"verdict {kind}\"><div class=\"sub\" style=\"color:#fffc\">{title}: "
-                f"{e(model_label(summary))} &middot; {summary['n_samples']} samples &middot; {e(str(folder))}</div>"
-                f"<div class=\"big\">{e(label[0].upper() + label[1:])}</div><p>{e(verdict_sentence(summary))}</p>"
-                "</div>")
-
-    page = (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>mbias comparison: "
-            f"{e(model_label(sb))}</title><style>{CSS}.pair{{display:flex;gap:12px}}.pair figure{{margin:0;flex:1}}"
-            ".pair img{width:100%}.twocol{display:grid;grid-template-columns:1fr 1fr;gap:12px}</style></head>"
-            "<body><main><div class=\"sub\">mbias before / after</div>"
-            f"<h1>{e(model_label(sb))}</h1><div class=\"sub\">data {e(str(sb.get('data')))}</div>"
-            f"<p class=\"lead\"><b>{e(lead)}</b></p>"
-            f"<div class=\"twocol\">{card('before', a, sa, va)}{card('after', b, sb, vb)}</div>"
-            f"<section><h2>Every measure</h2><p class=\"note\">Differences are {e(how)}. \"better\" and \"worse\" "
-            "follow each measure's direction (accuracy up; following the wording or the image on conflicts down; a "
-            "share away from the side found dominant before); \"no clear change\" when the 95% interval includes "
-            f"zero.</p>{''.join(table)}</section>{''.join(figures)}</main></body></html>")
-    target.write_text(page, encoding="utf-8")
-    md = ["# Before / after", "", f"**{lead}**", "",
-          f"before: `{a}` ({model_label(sa)}, {sa['n_samples']} samples); after: `{b}` ({model_label(sb)}, "
-          f"{sb['n_samples']} samples); differences {how}.", "",
-          f"Verdict before: **{verdict_label(va)}**. {verdict_sentence(sa)}", "",
-          f"Verdict after: **{verdict_label(vb)}**. {verdict_sentence(sb)}", "",
-          "| measure | before | after | after - before [95% CI] | |", "|---|---|---|---|---|"]
-    md += [f"| {r['measure']} | {_value(r['before'], r['rate'])} | {_value(r['after'], r['rate'])} | {_change(r)} | "
-           f"{r['judgement']} |" for r in rows]
-    target.with_suffix(".md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    rows = [{**r, "before_text": _value(r["before"], r["rate"]), "after_text": _value(r["after"], r["rate"]),
+             "change": _change(r)} for r in c["rows"]]
+    sides = []
+    for name, folder, s in (("before", a, sa), ("after", b, sb)):
+        label = verdict_label(s["verdict"])
+        sides.append({"name": name, "verdict": s["verdict"], "label": label[0].upper() + label[1:],
+                      "sentence": verdict_sentence(s), "model": model_label(s), "n": s["n_samples"],
+                      "heading": f"{name}: {model_label(s)} · {s['n_samples']} samples · {folder}"})
+    context = dict(model=model_label(sb), data=sb.get("data"), headline=c["headline"], sides=sides, rows=rows,
+                   how="paired over the same samples" if c["paired"] else "independent samples",
+                   before_dir=str(a), after_dir=str(b))
+    figures = [(title, plots.data_uri(x), plots.data_uri(y)) for title, x, y in _figures(sa, sb, *c["records"])]
+    target.write_text(render("compare.html.j2", figures=figures, **context), encoding="utf-8")
+    target.with_suffix(".md").write_text(render("compare.md.j2", **context), encoding="utf-8")
     return target

@@ -7,29 +7,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PROBE_TITLES = {
-    "modality_shapley": "Modality Shapley (image vs question)",
-    "conflict": "Conflicts: wording against image",
-    "mm_shap": "MM-SHAP (question tokens vs image patches)",
-    "ablation": "Ablations (counterfactual inputs)",
-    "attention": "Attention to image tokens",
-    "degradation": "Missing-modality curves",
-    "pdm": "Image dependence during generation (PDM)",
-}
+from mbias.display import fmt, pct
 
 
-def fmt(stat, digits: int = 2) -> str:
-    """``0.72 [0.68, 0.76]`` from a {mean, ci95} dict, a bare number, or None."""
-    if stat is None:
-        return "n/a"
-    if isinstance(stat, dict):
-        if stat.get("mean") is None:
-            return "n/a"
-        lo, hi = stat.get("ci95") or (None, None)
-        if lo is None:
-            return f"{stat['mean']:.{digits}f}"
-        return f"{stat['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return f"{stat:.{digits}f}"
+def probe_class(name: str):
+    """The registered probe class of a summary's probe, or None for one this mbias does not know (a summary
+    written by a newer or extended mbias still renders: its numbers appear under its name)."""
+    from mbias.probes import PROBES
+
+    return PROBES.get(name) if name in PROBES else None
+
+
+def probe_title(name: str) -> str:
+    cls = probe_class(name)
+    return cls.title if cls and cls.title else name
+
+
+def measures_of(name: str) -> tuple:
+    cls = probe_class(name)
+    return cls.measures if cls else ()
+
+
+def has_conflict_evidence(v: dict) -> bool:
+    """Whether the verdict rests (in part) on behaviour on conflicts, which the reports put into words."""
+    return any((getattr(probe_class(n), "evidence", None) or ("",))[0] == "conflict" for n in v.get("evidence") or [])
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Section:
     title: str
     definition: str
     rows: list[tuple[str, str]] = field(default_factory=list)  # (label, formatted value)
-    plot: str | None = None  # name of a plot in plots/
+    plots: list[str] = field(default_factory=list)  # names of plots in plots/
     note: str = ""
 
 
@@ -56,14 +57,6 @@ def verdict_label(v: dict) -> str:
     return SEVERITY_WORDS.get(v.get("severity"), "{side}-reliant").format(side=side)
 
 
-def pct(stat: dict | None) -> str:
-    """``70% [62, 78]`` from a {mean, ci95} of a rate."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    lo, hi = stat["ci95"]
-    return f"{100 * stat['mean']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
-
-
 def share_phrase(v: dict) -> str:
     if v.get("language_share") is None:
         return ""
@@ -76,8 +69,7 @@ def verdict_sentence(summary: dict) -> str:
     if v.get("dominant_modality") is None:
         return f"No verdict: {v.get('note', 'no share probe was run')}."
     share = share_phrase(v)
-    evidence = v.get("evidence") or []
-    if "conflict" not in evidence:
+    if not has_conflict_evidence(v):
         if v.get("severity") == "severe":  # an extreme share decided on its own
             other = "image" if v["dominant_modality"] == "language" else "question"
             return f"The model barely uses the {other}: {share} (95% interval, {v['rests_on']})."
@@ -106,91 +98,34 @@ def verdict_sentence(summary: dict) -> str:
 
 
 def sections(summary: dict) -> list[Section]:
-    p = summary["probes"]
+    """One section per probe in the summary, in the order the audit ran them, as each probe declares it."""
     methods = summary.get("methods", {})
     out = []
-
-    def definition(name):
-        return methods.get(name, {}).get("definition", "")
-
-    if "modality_shapley" in p:
-        ms = p["modality_shapley"]
-        rows = [("language share", fmt(ms["language_share"])), ("vision share", fmt(ms["vision_share"])),
-                ("phi image (mean)", fmt(ms["phi_image"])), ("phi text (mean)", fmt(ms["phi_text"]))]
-        for value, label in (("logprob", "raw log-prob"), ("acc", "accuracy")):
-            if f"language_share_{value}" in ms:
-                rows.append((f"language share, {label}-valued", fmt(ms[f"language_share_{value}"])))
-        out.append(Section("modality_shapley", PROBE_TITLES["modality_shapley"], definition("modality_shapley"),
-                           rows, "share_distribution", note="value function: " + ", ".join(ms["value_function"])))
-    if "conflict" in p:
-        cf = p["conflict"]
-        out.append(Section("conflict", PROBE_TITLES["conflict"], definition("conflict"), [
-            (f"follows the wording over the image ({cf['n_text_conflicts']} wording conflicts)",
-             pct(cf["follows_text"])),
-            (f"gives the image-alone answer over the question ({cf['n_image_conflicts']} image conflicts)",
-             pct(cf["follows_image"])),
-            ("accuracy where the question alone gets it wrong", fmt(cf["correct_text_conflict"])),
-            ("accuracy where the question alone gets it right", fmt(cf["correct_text_agrees"])),
-            ("answered right from the question alone (no image)", fmt(cf["text_alone_accuracy"]))],
-            note="A model that looks at the image is as accurate where the question alone is wrong as where it is "
-                 "right; the gap between the two accuracies is the price of following the wording."))
-    if "mm_shap" in p:
-        mm = p["mm_shap"]
-        out.append(Section("mm_shap", PROBE_TITLES["mm_shap"], definition("mm_shap"), [
-            ("T-SHAP (text share)", fmt(mm["t_shap"])), ("V-SHAP (image share)", fmt(mm["v_shap"])),
-            ("T-SHAP, per player", fmt(mm["t_shap_per_player"])),
-            ("coalitions scored per sample", f"{mm['mean_evaluations']:.0f}"),
-            ("largest efficiency gap", f"{mm['max_abs_efficiency_gap']:.1e}")],
-            note="T-SHAP depends on how many players each side has; the per-player share corrects for it."))
-    if "ablation" in p:
-        ab = p["ablation"]
-        rows = [(f"accuracy, {k.replace('_', ' ')}", fmt({"mean": ab["accuracy"][k], "ci95": ab["accuracy_ci95"][k]}))
-                for k in ab["accuracy"]]
-        if "multimodal_gain" in ab:
-            rows.append(("multimodal gain (full - no image)",
-                         fmt({"mean": ab["multimodal_gain"], "ci95": ab["multimodal_gain_ci95"]})))
-            rows.append(("visual information gain (nats)", fmt(ab["visual_info_gain"])))
-        if "flip_rate" in ab:
-            rows.append(("answers that change with a swapped image", fmt(ab["flip_rate"])))
-        out.append(Section("ablation", PROBE_TITLES["ablation"], definition("ablation"), rows, "ablation"))
-    if "attention" in p:
-        at = p["attention"]
-        out.append(Section("attention", PROBE_TITLES["attention"], definition("attention"), [
-            ("attention on image tokens", fmt(at["image_attention_share"])),
-            ("relative to their share of tokens (1 = proportional)", fmt(at["image_attention_share_normalised"])),
-            ("attention on question tokens", fmt(at["question_attention_share"])),
-            ("image tokens' share of the sequence", fmt(at["image_token_fraction"]))], "attention_layers",
-            note="Attention is correlational, not causal: it says where the model looks, not what it uses."))
-    if "degradation" in p:
-        dg = p["degradation"]
-        rows = [(f"AUC, {m} missing", fmt({"mean": dg[m]["auc"], "ci95": dg[m]["auc_ci95"]})) for m in dg]
-        out.append(Section("degradation", PROBE_TITLES["degradation"], definition("degradation"), rows,
-                           "degradation", note="A flat image curve means the model never used the image."))
-    if "pdm" in p:
-        pd = p["pdm"]
-        out.append(Section("pdm", PROBE_TITLES["pdm"], definition("pdm"), [
-            ("Hellinger distance, first generated token", fmt(pd["first_step_hellinger"])),
-            ("Hellinger distance, all generated tokens", fmt(pd["mean_hellinger"])),
-            ("log-prob the image adds to each chosen token", fmt(pd["mean_logprob_gain"]))], "pdm_steps"))
+    for name, probe_summary in summary["probes"].items():
+        cls = probe_class(name)
+        rows = cls.report_rows(probe_summary) if cls else [(k, fmt(v)) for k, v in probe_summary.items()
+                                                            if isinstance(v, dict) and "mean" in v]
+        out.append(Section(name, probe_title(name), methods.get(name, {}).get("definition", ""), rows,
+                           [plot.name for plot in (cls.plots if cls else ())], cls.note if cls else ""))
     return out
 
 
 def category_table(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """Per-category accuracy and every per-category measure the probes declared."""
     cats = summary.get("per_category") or {}
-    cols = ["category", "n", "accuracy"]
-    if any("language_share" in v for v in cats.values()):
-        cols.append("language share")
-    if any("t_shap" in v for v in cats.values()):
-        cols.append("T-SHAP")
-    if any("multimodal_gain" in v for v in cats.values()):
-        cols.append("multimodal gain")
-    keys = {"language share": "language_share", "T-SHAP": "t_shap", "multimodal gain": "multimodal_gain"}
+    columns = []  # (probe, measure)
+    for name in summary["probes"]:
+        for m in measures_of(name):
+            if m.per_category and any(m.key in v.get("probes", {}).get(name, {}) for v in cats.values()):
+                columns.append((name, m))
     rows = []
     for cat, v in cats.items():
         row = [str(cat), str(v["n"]), fmt(v["accuracy"])]
-        row += [fmt(v.get(keys[c])) for c in cols[3:]]
+        for name, m in columns:
+            stat = v.get("probes", {}).get(name, {}).get(m.key)
+            row.append(pct(stat) if m.rate else fmt(stat))
         rows.append(row)
-    return cols, rows
+    return ["category", "n", "accuracy"] + [m.label for _, m in columns], rows
 
 
 def adapter_phrase(adapter: dict | None) -> str:
@@ -210,7 +145,7 @@ def model_label(summary: dict) -> str:
 
 
 def method_rows(summary: dict) -> list[tuple[str, dict]]:
-    return [(PROBE_TITLES.get(k, k), v) for k, v in (summary.get("methods") or {}).items()]
+    return [(probe_title(k), v) for k, v in (summary.get("methods") or {}).items()]
 
 
 def provenance_rows(summary: dict) -> list[tuple[str, str]]:

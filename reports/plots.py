@@ -31,26 +31,6 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def share_distribution(records: list[dict]) -> bytes | None:
-    shares = [r["probes"]["modality_shapley"]["language_share"] for r in records
-              if "modality_shapley" in r["probes"] and r["probes"]["modality_shapley"]["language_share"] is not None]
-    tshap = [r["probes"]["mm_shap"]["t_shap"] for r in records
-             if "mm_shap" in r["probes"] and r["probes"]["mm_shap"]["t_shap"] is not None]
-    if not shares and not tshap:
-        return None
-    fig, ax = _fig()
-    bins = np.linspace(0, 1, 21)
-    if shares:
-        ax.hist(shares, bins=bins, alpha=0.75, color=LANG, label="language share (modality Shapley)")
-    if tshap:
-        ax.hist(tshap, bins=bins, alpha=0.55, color=VIS, label="T-SHAP (MM-SHAP)")
-    ax.axvline(0.5, color="black", lw=0.8, ls="--")
-    ax.set_xlabel("share of the answer attributed to the question text (0 = all image, 1 = all text)")
-    ax.set_ylabel("samples")
-    ax.legend(frameon=False, fontsize=8)
-    return _png(fig)
-
-
 def _error_bars(means: list[float], intervals: list) -> list[list[float]]:
     """matplotlib's [below, above] distances from each mean to its 95% interval."""
     return [[m - ci[0] for m, ci in zip(means, intervals, strict=True)],
@@ -58,85 +38,70 @@ def _error_bars(means: list[float], intervals: list) -> list[list[float]]:
 
 
 def per_category(summary: dict) -> bytes | None:
+    """The share the verdict reads (modality Shapley's, else T-SHAP), per category."""
+    from mbias.reports.content import probe_class
+
+    probe = next((n for n in summary["probes"] if (getattr(probe_class(n), "evidence", None) or ("",))[0] == "share"),
+                 None)
+    if probe is None:
+        return None
+    key = probe_class(probe).share_key
     cats = summary.get("per_category") or {}
-    rows = [(c, v) for c, v in cats.items() if "language_share" in v and v["language_share"]["mean"] is not None]
+    stats = [(c, v, v.get("probes", {}).get(probe, {}).get(key)) for c, v in cats.items()]
+    rows = [(c, v, st) for c, v, st in stats if st and st["mean"] is not None]
     if not rows:
         return None
     fig, ax = _fig(6.4, 0.45 * len(rows) + 1.2)
     y = np.arange(len(rows))
-    means = [v["language_share"]["mean"] for _, v in rows]
-    ax.barh(y, means, xerr=_error_bars(means, [v["language_share"]["ci95"] for _, v in rows]), color=LANG,
-            alpha=0.8, capsize=3)
-    ax.set_yticks(y, [f"{c} (n={v['n']})" for c, v in rows])
+    means = [st["mean"] for _, _, st in rows]
+    ax.barh(y, means, xerr=_error_bars(means, [st["ci95"] for _, _, st in rows]), color=LANG, alpha=0.8,
+            capsize=3)
+    ax.set_yticks(y, [f"{c} (n={v['n']})" for c, v, _ in rows])
     ax.axvline(0.5, color="black", lw=0.8, ls="--")
     ax.set_xlim(0, 1)
     ax.set_xlabel("language share, 95% interval")
     return _png(fig)
 
 
-def ablation(summary: dict) -> bytes | None:
-    ab = summary["probes"].get("ablation")
-    if not ab:
+COLOURS = {"language": LANG, "vision": VIS, "neutral": GREY}
+
+
+def draw(plot, probe_summary: dict, probe_records: list[dict]) -> bytes | None:
+    """A probe's declared figure (``mbias.probes.Plot``), drawn: a histogram of per-sample values, bars with
+    intervals, or lines with optional bands. None when the probe has nothing to show."""
+    series = plot.series(probe_summary, probe_records)
+    if not series or not any(len(s.y) for s in series):
         return None
-    names = list(ab["accuracy"])
-    means = [ab["accuracy"][n] for n in names]
-    ci = [ab["accuracy_ci95"][n] for n in names]
-    fig, ax = _fig(6.4, 2.8)
-    x = np.arange(len(names))
-    colors = [GREY if n == "full" else (VIS if "image" in n else LANG) for n in names]
-    ax.bar(x, means, yerr=_error_bars(means, ci), color=colors, capsize=3)
-    ax.set_xticks(x, [n.replace("_", " ") for n in names], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
-    return _png(fig)
-
-
-def degradation(summary: dict) -> bytes | None:
-    deg = summary["probes"].get("degradation")
-    if not deg:
-        return None
-    fig, ax = _fig()
-    for modality, color in (("image", VIS), ("text", LANG)):
-        if modality not in deg:
-            continue
-        d = deg[modality]
-        rates, acc = np.array(d["rates"]), np.array(d["accuracy"])
-        ci = np.array(d["accuracy_ci95"], dtype=float)
-        ax.plot(rates, acc, marker="o", color=color, label=f"{modality} missing (AUC {d['auc']:.2f})")
-        ax.fill_between(rates, ci[:, 0], ci[:, 1], color=color, alpha=0.15)
-    ax.set_xlabel("missing rate")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.05)
-    ax.legend(frameon=False, fontsize=8)
-    return _png(fig)
-
-
-def attention_layers(summary: dict) -> bytes | None:
-    att = summary["probes"].get("attention")
-    if not att:
-        return None
-    fig, ax = _fig(6.4, 2.8)
-    layers = np.arange(len(att["per_layer"]))
-    ax.plot(layers, att["per_layer"], marker="o", color=VIS, label="raw share")
-    ax.plot(layers, att["per_layer_normalised"], marker="s", color=GREY, label="relative to token share")
-    ax.axhline(1.0, color="black", lw=0.6, ls=":")
-    ax.set_xticks(layers)
-    ax.set_xlabel("language-model layer")
-    ax.set_ylabel("attention to image tokens")
-    ax.legend(frameon=False, fontsize=8)
-    return _png(fig)
-
-
-def pdm_steps(summary: dict) -> bytes | None:
-    pdm = summary["probes"].get("pdm")
-    if not pdm or not pdm.get("hellinger_by_step"):
-        return None
-    fig, ax = _fig(6.4, 2.6)
-    steps = np.arange(1, len(pdm["hellinger_by_step"]) + 1)
-    ax.plot(steps, pdm["hellinger_by_step"], marker="o", color=VIS)
-    ax.set_xlabel("generated token")
-    ax.set_ylabel("Hellinger(with image, without)")
-    ax.set_ylim(0, 1)
+    fig, ax = _fig(6.4, 2.8 if plot.kind != "hist" else 3.2)
+    if plot.kind == "hist":
+        bins = np.linspace(0, 1, 21)
+        for s in series:
+            ax.hist(s.y, bins=bins, alpha=0.7, color=COLOURS[s.side], label=s.label)
+        if plot.ref is not None:
+            ax.axvline(plot.ref, color="black", lw=0.8, ls="--")
+    elif plot.kind == "bars":
+        start, ticks, names = 0, [], []
+        for s in series:
+            x = np.arange(start, start + len(s.y))
+            err = _error_bars(s.y, list(zip(s.lo, s.hi, strict=True))) if s.lo is not None else None
+            ax.bar(x, s.y, yerr=err, color=COLOURS[s.side], capsize=3, label=s.label)
+            ticks += list(x)
+            names += [str(n) for n in s.x]
+            start += len(s.y)
+        ax.set_xticks(ticks, names, fontsize=8)
+    else:  # lines
+        for s in series:
+            ax.plot(s.x, s.y, marker="o", color=COLOURS[s.side], label=s.label)
+            if s.lo is not None:
+                ax.fill_between(s.x, s.lo, s.hi, color=COLOURS[s.side], alpha=0.15)
+        if plot.ref is not None:
+            ax.axhline(plot.ref, color="black", lw=0.6, ls=":")
+    ax.set_xlabel(plot.xlabel)
+    ax.set_ylabel(plot.ylabel)
+    if plot.ylim:
+        ax.set_ylim(*plot.ylim)
+    if len(series) > 1 or plot.kind == "hist":
+        ax.legend(frameon=False, fontsize=8)
     return _png(fig)
 
 

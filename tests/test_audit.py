@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 
 from mbias.cli import main
 from mbias.probes import DEFAULT_PROBES
@@ -54,8 +55,12 @@ def test_audit_writes_every_output_and_a_schema_valid_summary(tiny_llava, fast_c
     assert summary["n_samples"] == 5 and set(summary["probes"]) == set(DEFAULT_PROBES)
     assert summary["verdict"]["dominant_modality"] in ("language", "vision", "balanced")
     assert summary["provenance"]["versions"]["transformers"]
-    card = (out / "model_card.md").read_text()
-    assert card.startswith("---\nmodel-index:") and "language_share" in card
+    card = ModelCard((out / "model_card.md").read_text())  # valid model-card metadata, as the hub reads it
+    metrics = {r.metric_type: r for r in card.data.eval_results}
+    assert {"accuracy", "language_share", "follows_wording", "t_shap", "multimodal_gain"} <= set(metrics)
+    share = summary["probes"]["modality_shapley"]["language_share"]
+    assert metrics["language_share"].metric_args["ci95"] == [round(x, 4) for x in share["ci95"]]
+    assert metrics["accuracy"].dataset_split == "test-cp" and card.data.base_model is None
     assert list((out / "plots").glob("*.png"))
 
 
@@ -93,7 +98,7 @@ def test_compare_marks_each_measure_by_its_direction():
     before = [rec(i, 0.0, 1.0, 0.8) for i in range(30)]
     after = [rec(i, 1.0, 0.0, 0.6) for i in range(30)]
     rows = {r["key"]: r["judgement"] for r in compare_rows(before, after, "language")[0]}
-    assert rows == {"accuracy": "better", "follows_text": "better", "language_share": "better"}
+    assert rows == {"correct": "better", "follows_text": "better", "language_share": "better"}
     rows = {r["key"]: r["judgement"] for r in compare_rows(before, after, "vision")[0]}
     assert rows["language_share"] == "worse"  # away from the image for a model that leaned on it
     rows = {r["key"]: r["judgement"] for r in compare_rows(after, after, "language")[0]}
@@ -118,8 +123,8 @@ def test_the_audited_adapter_is_named_in_every_output(tiny_llava, fast_config, t
     for page in (after / "report.html", after / "report.md", after / "model_card.md", tmp_path / "cmp.html"):
         text = page.read_text()
         assert str(ft) in text and "poe, 2 steps" in text, page
-    card = (after / "model_card.md").read_text()
-    assert card.startswith("---\nbase_model: ") and f"base_model: {tiny_llava}" in card
+    card = ModelCard((after / "model_card.md").read_text())
+    assert card.data.base_model == tiny_llava and card.data.library_name == "peft"
 
 
 def _jsonl(tmp_path, records, images=True):

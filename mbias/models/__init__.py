@@ -10,7 +10,7 @@ _EXPORTS = {
     "Encoded": "mbias.models.types",
     "Prediction": "mbias.models.types",
     "Prepared": "mbias.models.types",
-    "normalize_answer": "mbias.models.types",
+    "normalize_answer": "mbias.example",
     "AdapterConfig": "mbias.models.config",
     "FAMILIES": "mbias.models.families",
     "adapter_class_for": "mbias.models.families",

@@ -13,8 +13,9 @@ import logging
 import torch
 
 from mbias.errors import MbiasError
+from mbias.example import normalize_answer
 from mbias.models import geometry
-from mbias.models.types import Prediction, Prepared, normalize_answer
+from mbias.models.types import Prediction, Prepared
 
 logger = logging.getLogger(__name__)
 

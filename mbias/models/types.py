@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +62,3 @@ class Prediction:
     text: str
     correct: bool
     choice_scores: list[float] | None = None  # log p(choice) per choice, when the example has choices
-
-
-def normalize_answer(text: str) -> str:
-    """VQA-style normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
