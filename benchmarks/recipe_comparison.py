@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mbias.stats import bootstrap_hierarchical
+
 OUT = Path(__file__).parent / "results"
 WORK = Path("/tmp/mbias-recipe-comparison")
 TRAIN_DATA, BALANCED_DATA = "synth:shapes-p90/train", "synth:shapes-p00/train"
@@ -51,7 +53,7 @@ ARMS = [
     ("poe-no_image", "poe", {"bias_expert": "no_image"}),
     ("poe-lpf-no_image", "poe", {"bias_expert": "no_image", "mode": "lpf"}),
     ("lmh", "lmh", {"bias_expert": "prior_table", "entropy_weight": 0.1}),
-    ("mdpo", "mdpo", {"corruption": "crop", "rejected_answer": "text_only", "beta": 1.0}),
+    ("mdpo", "mdpo", {"corruption": "crop", "rejected_answer": "no_image", "beta": 1.0}),
     ("msam", "msam", {}), ("miles", "miles", {}), ("mnl", "mnl", {}), ("cggm", "cggm", {}), ("ogm_ge", "ogm_ge", {}),
     ("lora-on-unbiased-data", "lora", {"data": BALANCED_DATA}),
 ]
@@ -65,25 +67,10 @@ GRID = [
     *[(f"lmh-{e}-H{w}", "lmh", {"bias_expert": e, "entropy_weight": w})
       for e in ("no_image", "prior_table") for w in (0.36, 0.1, 1.0)],
     *[(f"mdpo-{c}-{r}-b{b}", "mdpo", {"corruption": c, "rejected_answer": r, "beta": b})
-      for c in ("blank", "crop") for r in ("none", "text_only") for b in (0.1, 0.5)],
-    ("mdpo-crop-text_only-b1.0", "mdpo", {"corruption": "crop", "rejected_answer": "text_only", "beta": 1.0}),
+      for c in ("blank", "crop") for r in ("none", "no_image") for b in (0.1, 0.5)],
+    ("mdpo-crop-no_image-b1.0", "mdpo", {"corruption": "crop", "rejected_answer": "no_image", "beta": 1.0}),
 ]
 REFERENCE = "lora-on-unbiased-data"  # not a recipe: how far a model that stops following the cue falls in-distribution
-
-
-def hierarchical(values: dict[int, np.ndarray], n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean over runs of per-run means; CI by resampling runs, then examples within each."""
-    rng = np.random.default_rng(seed)
-    runs = sorted(k for k, v in values.items() if len(v))
-    if not runs:
-        return {"mean": None, "ci95": [None, None], "per_run": []}
-    means = [values[s].mean() for s in runs]
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        picked = rng.choice(runs, size=len(runs))
-        boots[b] = np.mean([values[s][rng.integers(0, len(values[s]), len(values[s]))].mean() for s in picked])
-    lo, hi = np.quantile(boots, [0.025, 0.975])
-    return {"mean": float(np.mean(means)), "ci95": [float(lo), float(hi)], "per_run": [float(m) for m in means]}
 
 
 def _predictions(adapter, examples, swap: bool = False) -> dict:
@@ -222,13 +209,13 @@ def summarise(results: dict[str, dict[int, dict]], metrics: list[str], reference
         row = {}
         for m in metrics:
             vals = {s: _values(r, m) for s, r in runs.items()}
-            row[m] = hierarchical({s: v[~np.isnan(v)] for s, v in vals.items()})
+            row[m] = bootstrap_hierarchical({s: v[~np.isnan(v)] for s, v in vals.items()})
             if name != reference and reference in results:
                 diff = {}
                 for s, v in vals.items():
                     d = v - _values(results[reference][s], m)
                     diff[s] = d[~np.isnan(d)]
-                row[f"{m} vs {reference}"] = hierarchical(diff)
+                row[f"{m} vs {reference}"] = bootstrap_hierarchical(diff)
         rows[name] = row
     return rows
 

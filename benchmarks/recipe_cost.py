@@ -29,7 +29,7 @@ RUNS = [  # (row name, recipe, recipe settings)
     # the debiasing recipes at the settings the recipe comparison uses (results/recipe_selection.md)
     ("poe prior_table", "poe", {"bias_expert": "prior_table"}), ("poe no_image", "poe", {"bias_expert": "no_image"}),
     ("lmh prior_table", "lmh", {"bias_expert": "prior_table", "entropy_weight": 0.1}),
-    ("mdpo crop text_only", "mdpo", {"corruption": "crop", "rejected_answer": "text_only", "beta": 1.0}),
+    ("mdpo crop no_image", "mdpo", {"corruption": "crop", "rejected_answer": "no_image", "beta": 1.0}),
 ]
 
 

@@ -34,6 +34,7 @@ from mbias.errors import ConfigError, DataError
 from mbias.example import normalize_answer
 from mbias.finetune.data import MB, answer_logits, choice_logits, first_of_row
 from mbias.finetune.recipes.base import Recipe
+from mbias.variants import FULL, IMAGE_MASKED, IMAGE_REMOVED
 
 EXPERTS = ("no_image", "masked_image", "prior_table")
 SPACES = ("auto", "choices", "tokens")
@@ -128,7 +129,7 @@ class BiasExpert:
         tokens (aligned with ``main_logits``). Never carries gradient."""
         if self.table is not None:
             return inputs[MB + "prior_logp"].to(inputs["input_ids"].device)
-        variant = "no_image" if self.config.bias_expert == "no_image" else "text_only"
+        variant = IMAGE_REMOVED if self.config.bias_expert == "no_image" else IMAGE_MASKED
         with recipe.frozen_base(model) as base:
             logits, targets, rows, _ = answer_logits(base, inputs, variant)
         if self.space == "choices":
@@ -142,7 +143,7 @@ class BiasExpert:
 def main_logits(model, inputs: dict, space: str, **forward_kwargs):
     """The model's logits in the answer space and what they should predict: ([B, C], gold [B], rows = arange(B))
     over choices, or ([T, V], answer tokens [T], batch row of each [T]); and the model output."""
-    logits, targets, rows, out = answer_logits(model, inputs, "full", **forward_kwargs)
+    logits, targets, rows, out = answer_logits(model, inputs, FULL, **forward_kwargs)
     if space == "choices":
         z = choice_logits(logits[first_of_row(rows)], inputs)
         gold = inputs[MB + "gold"]

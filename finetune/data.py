@@ -18,7 +18,9 @@ import torch
 
 from mbias.errors import DataError
 from mbias.example import normalize_answer
+from mbias.models import batching
 from mbias.models.batching import collate
+from mbias.variants import BASELINE, FULL, IMAGE_REMOVED, MASK
 
 MB = "mb_"
 NOIMAGE = MB + "noimage__"
@@ -99,44 +101,37 @@ class RecipeCollator:
         return {MB + "choice_tokens": tokens, MB + "choice_valid": valid, MB + "gold": torch.tensor(golds)}
 
 
-def model_inputs(inputs: dict, variant: str = "full") -> dict:
-    """The model's keyword arguments for a variant: ``full``, ``image_only`` (question masked), ``text_only``
-    (image replaced by the baseline), ``none`` (both) or ``no_image`` (a prompt without image tokens)."""
-    if variant == "no_image":
+def model_inputs(inputs: dict, variant: tuple[str, str] = FULL) -> dict:
+    """The model's keyword arguments for a variant (``mbias.variants``): the image kept, replaced by the baseline
+    or removed; the question kept or masked."""
+    if variant == IMAGE_REMOVED:
         if NOIMAGE + "input_ids" not in inputs:  # a text-only dataset: the full prompt has no image either
-            return model_inputs(inputs, "full")
+            return model_inputs(inputs, FULL)
         return {k[len(NOIMAGE):]: v for k, v in inputs.items()
                 if k.startswith(NOIMAGE) and k != NOIMAGE + "answer_mask"}
     out = {k: v for k, v in inputs.items() if not k.startswith(MB) and k != "labels"}
-    if variant in ("image_only", "none"):
+    image, question = variant
+    if question == MASK:
         out["input_ids"] = inputs[MB + "text_masked_ids"]
-    if variant in ("text_only", "none"):
+    if image == BASELINE:
         for key in list(out):
             if f"{MB}blank__{key}" in inputs:
                 out[key] = inputs[f"{MB}blank__{key}"]
     return out
 
 
-def answer_mask(inputs: dict, variant: str = "full") -> torch.Tensor:
+def answer_mask(inputs: dict, variant: tuple[str, str] = FULL) -> torch.Tensor:
     """[B, L] True at the answer tokens of the variant's sequence."""
-    if variant == "no_image" and NOIMAGE + "answer_mask" in inputs:
+    if variant == IMAGE_REMOVED and NOIMAGE + "answer_mask" in inputs:
         return inputs[NOIMAGE + "answer_mask"]
     return inputs[MB + "answer_mask"]
 
 
-def answer_logits(model, inputs: dict, variant: str = "full", **forward_kwargs):
-    """Logits at every position that predicts an answer token [T, vocab] (row-major over the batch), the answer
-    tokens they predict [T], each one's batch row [T], and the model output.
-
-    Logits are computed only where answer tokens are predicted (``logits_to_keep`` as a mask): the lm_head never
-    runs over the prompt.
-    """
-    mask = answer_mask(inputs, variant)
-    kwargs = model_inputs(inputs, variant)
-    predicts = torch.zeros_like(mask)
-    predicts[:, :-1] = mask[:, 1:]
-    out = model(**kwargs, use_cache=False, logits_to_keep=predicts, **forward_kwargs)
-    return out.logits, kwargs["input_ids"][mask], mask.nonzero()[:, 0], out
+def answer_logits(model, inputs: dict, variant: tuple[str, str] = FULL, **forward_kwargs):
+    """``mbias.models.batching.answer_logits`` for a variant of a recipe batch: logits [T, vocab] where answer
+    tokens are predicted, those tokens [T], their batch rows [T], and the model output."""
+    return batching.answer_logits(model, model_inputs(inputs, variant), answer_mask(inputs, variant),
+                                  **forward_kwargs)
 
 
 def first_of_row(rows: torch.Tensor) -> torch.Tensor:
@@ -146,13 +141,12 @@ def first_of_row(rows: torch.Tensor) -> torch.Tensor:
     return first
 
 
-def answer_forward(model, inputs: dict, variant: str = "full", **forward_kwargs):
+def answer_forward(model, inputs: dict, variant: tuple[str, str] = FULL, **forward_kwargs):
     """(summed answer log-prob [B], answer token counts [B], logits at the first answer position [B, vocab]);
     with ``output_hidden_states=True`` a fourth item, the model output."""
     logits, targets, rows, out = answer_logits(model, inputs, variant, **forward_kwargs)
-    token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     mask = answer_mask(inputs, variant)
-    sums = torch.zeros(mask.shape[0], dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
+    sums = batching.summed_logprobs(logits, targets, rows, mask.shape[0])
     counts = mask.sum(-1)
     first = logits[first_of_row(rows)]
     if forward_kwargs.get("output_hidden_states"):

@@ -1,23 +1,22 @@
 """P1, the modality-ablated passes every balancing recipe builds on, and modality Shapley on a batch.
 
-Four variants of each example: full (image and question), image only (question masked by the text baseline),
-text only (image replaced by the whole-image baseline), none. From their values the per-sample two-player Shapley
-values follow exactly (``mbias.probes.modality_shapley.two_player_shapley``).
+The four coalitions of the two-player game (``mbias.variants.SHAPLEY_VARIANTS``): full, question masked (the
+image alone), image masked by the whole-image baseline (the question alone), both masked. From their values the
+per-sample Shapley values follow exactly, with the same formula the audit uses
+(``mbias.probes.modality_shapley.two_player_shapley``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from mbias.finetune.data import answer_forward, choice_logits
-
-VARIANTS = ("full", "image_only", "text_only", "none")
+from mbias.finetune.data import MB, answer_forward, choice_logits, model_inputs
+from mbias.probes.modality_shapley import two_player_shapley
+from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED, SHAPLEY_VARIANTS
 
 
 def stacked_inputs(inputs: dict, variants) -> dict:
     """One batch holding every requested variant of every example, variant-major ([len(variants) * B, ...])."""
-    from mbias.finetune.data import MB, model_inputs
-
     parts = [model_inputs(inputs, v) for v in variants]
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     n = len(variants)
@@ -28,12 +27,12 @@ def stacked_inputs(inputs: dict, variants) -> dict:
 
 
 @torch.no_grad()
-def variant_values(model, inputs: dict, value: str, variants=VARIANTS) -> dict[str, torch.Tensor]:
+def variant_values(model, inputs: dict, value: str, variants=SHAPLEY_VARIANTS) -> dict[tuple, torch.Tensor]:
     """Per-sample values [B] of each variant: ``logprob`` (answer log-prob) or ``accuracy`` (1 if the gold
     choice wins among the choices' first tokens; needs a label space). All variants go through one forward pass."""
     variants = tuple(variants)
     stacked = stacked_inputs(inputs, variants)
-    sums, _, first = answer_forward(model, stacked, "full")
+    sums, _, first = answer_forward(model, stacked, FULL)
     if value == "accuracy":
         vals = (choice_logits(first, stacked).argmax(-1) == stacked["mb_gold"]).float()
     else:
@@ -41,11 +40,9 @@ def variant_values(model, inputs: dict, value: str, variants=VARIANTS) -> dict[s
     return dict(zip(variants, vals.chunk(len(variants)), strict=True))
 
 
-def batch_shapley(vals: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (phi_image, phi_text) [B] from the four variants' values."""
-    phi_img = 0.5 * ((vals["full"] - vals["text_only"]) + (vals["image_only"] - vals["none"]))
-    phi_txt = 0.5 * ((vals["full"] - vals["image_only"]) + (vals["text_only"] - vals["none"]))
-    return phi_img, phi_txt
+def batch_shapley(vals: dict[tuple, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (phi_image, phi_text) [B] from the four coalitions' values."""
+    return two_player_shapley(vals[FULL], vals[QUESTION_MASKED], vals[IMAGE_MASKED], vals[BOTH_MASKED])
 
 
 def modality_weights(phi_img: torch.Tensor, phi_txt: torch.Tensor) -> torch.Tensor:

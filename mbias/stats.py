@@ -48,7 +48,7 @@ def bootstrap_mean(values: Sequence, groups: Sequence | None = None, *, n_boot: 
     return {"mean": mean, "ci95": [float(lo), float(hi)], "n": n, "n_missing": missing}
 
 
-def bootstrap_diff(a: Sequence, b: Sequence, *, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def bootstrap_diff(a: Sequence, b: Sequence, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict:
     """Difference of means (a - b) of two independent samples, with a percentile bootstrap interval."""
     va, _, _ = _clean(a, None)
     vb, _, _ = _clean(b, None)
@@ -57,8 +57,28 @@ def bootstrap_diff(a: Sequence, b: Sequence, *, n_boot: int = N_BOOT, seed: int 
     rng = np.random.default_rng(seed)
     da = va[rng.integers(0, len(va), size=(n_boot, len(va)))].mean(1)
     db = vb[rng.integers(0, len(vb), size=(n_boot, len(vb)))].mean(1)
-    lo, hi = np.quantile(da - db, [0.025, 0.975])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(da - db, [alpha, 1 - alpha])
     return {"mean": float(va.mean() - vb.mean()), "ci95": [float(lo), float(hi)]}
+
+
+def bootstrap_hierarchical(values: dict, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean over runs of per-run means, with an interval from resampling runs, then values within each run
+    (``values``: run -> array of per-example values). For results over seeds or builds, where both vary."""
+    runs = sorted(k for k, v in values.items() if len(v))
+    if not runs:
+        return {"mean": None, "ci95": [None, None], "per_run": []}
+    arrays = {k: np.asarray(values[k], dtype=np.float64) for k in runs}
+    means = [arrays[k].mean() for k in runs]
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        picked = rng.choice(len(runs), size=len(runs))
+        boots[b] = np.mean([arrays[runs[i]][rng.integers(0, len(arrays[runs[i]]), len(arrays[runs[i]]))].mean()
+                            for i in picked])
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+    return {"mean": float(np.mean(means)), "ci95": [float(lo), float(hi)], "per_run": [float(m) for m in means]}
 
 
 def ratio_share(num: Sequence, den: Sequence) -> float | None:

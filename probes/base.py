@@ -29,13 +29,13 @@ from mbias.display import fmt
 from mbias.example import normalize_answer
 from mbias.registry import Registry
 from mbias.stats import bootstrap_mean
+from mbias.variants import KEEP, MASK, REMOVED  # noqa: F401 (the probes' vocabulary)
 
 if TYPE_CHECKING:
     import torch
 
     from mbias.models.types import Prepared
 
-KEEP, MASK, REMOVED = "keep", "mask", "removed"
 
 
 def sample_seed(run_seed: int, sample_id: str, salt: str = "") -> int:

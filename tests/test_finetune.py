@@ -18,7 +18,7 @@ DATA = "synth:shapes-p90/train"
 RECIPE_RUNS = [(name, {}) for name in RECIPES.names()] + [
     ("poe", {"mode": "lpf"}), ("poe", {"bias_expert": "prior_table"}), ("poe", {"bias_expert": "masked_image"}),
     ("poe", {"answer_space": "tokens"}), ("lmh", {"bias_expert": "prior_table"}),
-    ("mdpo", {"rejected_answer": "text_only", "corruption": "crop", "sft_weight": 0.5})]
+    ("mdpo", {"rejected_answer": "no_image", "corruption": "crop", "sft_weight": 0.5})]
 
 
 def _config(recipe, **kw):
@@ -197,9 +197,10 @@ def test_ogm_coefficient():
 
 def test_msam_weights():
     from mbias.finetune.signals import batch_shapley, modality_weights
+    from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED
 
-    vals = {"full": torch.tensor([1.0, 1.0]), "image_only": torch.tensor([1.0, 0.0]),
-            "text_only": torch.tensor([0.0, 0.0]), "none": torch.tensor([0.0, 0.0])}
+    vals = {FULL: torch.tensor([1.0, 1.0]), QUESTION_MASKED: torch.tensor([1.0, 0.0]),
+            IMAGE_MASKED: torch.tensor([0.0, 0.0]), BOTH_MASKED: torch.tensor([0.0, 0.0])}
     phi_img, phi_txt = batch_shapley(vals)
     assert phi_img.tolist() == [1.0, 0.5] and phi_txt.tolist() == [0.0, 0.5]
     w = modality_weights(phi_img, phi_txt)
@@ -284,7 +285,7 @@ def test_prior_table_counts_answers_per_wording():
     assert by_type.log_probs("Which one?", ["red", "blue"]) == pytest.approx([math.log(1 / 3), math.log(2 / 3)])
 
 
-@pytest.mark.parametrize("recipe, settings", [("poe", {}), ("lmh", {}), ("mdpo", {"rejected_answer": "text_only"})])
+@pytest.mark.parametrize("recipe, settings", [("poe", {}), ("lmh", {}), ("mdpo", {"rejected_answer": "no_image"})])
 def test_the_bias_expert_and_the_reference_are_the_model_before_fine_tuning(recipe, settings, tiny_model_dir,
                                                                             tmp_path):
     trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / recipe,
@@ -294,9 +295,10 @@ def test_the_bias_expert_and_the_reference_are_the_model_before_fine_tuning(reci
 
     def frozen_view():
         from mbias.finetune.data import answer_forward
+        from mbias.variants import IMAGE_MASKED, IMAGE_REMOVED
 
         with recipe_obj.frozen_base(model) as base:
-            return answer_forward(base, batch, "no_image" if "mb_noimage__input_ids" in batch else "text_only")[0]
+            return answer_forward(base, batch, IMAGE_REMOVED if "mb_noimage__input_ids" in batch else IMAGE_MASKED)[0]
 
     before = frozen_view()
     trainer.train()
@@ -324,4 +326,4 @@ def test_open_ended_answers_train_in_token_space_and_tables_refuse(tiny_model_di
                       config=_config("lmh", recipe_config={"answer_space": "choices"}), progress=False)
     with pytest.raises(DataError, match="multiple-choice"):
         build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "m",
-                      config=_config("mdpo", recipe_config={"rejected_answer": "text_only"}), progress=False)
+                      config=_config("mdpo", recipe_config={"rejected_answer": "no_image"}), progress=False)

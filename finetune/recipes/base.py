@@ -15,6 +15,7 @@ import torch
 from mbias.errors import ConfigError
 from mbias.finetune.data import answer_forward
 from mbias.registry import Registry
+from mbias.variants import FULL
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Recipe:
         return loss, {"loss/sft": loss.item()}
 
     # helpers for subclasses
-    def sft_loss(self, model, inputs: dict, variant: str = "full") -> torch.Tensor:
+    def sft_loss(self, model, inputs: dict, variant: tuple[str, str] = FULL) -> torch.Tensor:
         sums, counts, _ = answer_forward(model, inputs, variant)
         return -sums.sum() / counts.sum().clamp(min=1)
 

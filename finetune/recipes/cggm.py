@@ -90,7 +90,7 @@ class CGGMRecipe(Recipe):
 
     def training_step(self, model, inputs):
         cfg = self.config
-        sums, counts, first, out = answer_forward(model, inputs, "full", output_hidden_states=True)
+        sums, counts, first, out = answer_forward(model, inputs, output_hidden_states=True)
         sft = -sums.sum() / counts.sum().clamp(min=1)
         hidden = out.hidden_states[cfg.layer].detach().float()
         image_mask = inputs["input_ids"] == self.trainer.mbias_adapter.image_token_id

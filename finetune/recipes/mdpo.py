@@ -7,18 +7,18 @@ log pi_ref(y | m, q)) and the reference pi_ref = the model before fine-tuning (P
 
     L_cond   = -log sigmoid(r(y_w | m) - r(y_w | m'))          always
     L_anchor = -log sigmoid(r(y_w | m) - delta)                 anchor_weight (default 1, delta 0)
-    L_dpo    = -log sigmoid(r(y_w | m) - r(y_l | m))            with rejected_answer: text_only
+    L_dpo    = -log sigmoid(r(y_w | m) - r(y_l | m))            with rejected_answer: no_image
     L_sft    = answer-token NLL of y_w                          sft_weight (default 0)
 
 Here the data are SFT data (one gold answer y_w per question), so mDPO's standard DPO term needs a rejected
-answer: ``rejected_answer: text_only`` takes the answer the reference model gives to the question *without the
+answer: ``rejected_answer: no_image`` takes the answer the reference model gives to the question *without the
 image* (among the choices; rows where it is the gold answer get no DPO term), the answer a language prior would
 produce, as MBPO builds its hard negatives. ``none`` (default) trains the conditional and anchor terms alone.
 
 The corruption m' (``corruption``): ``blank`` (the whole-image baseline, the image's mean colour; the default),
 ``noise``, or ``crop`` (a random crop of 0-20% of the image area, resized back; the paper's main runs). Cost per
 step: one forward/backward over the real and corrupted images together and one no-grad reference forward over
-both (plus one without the image for ``rejected_answer: text_only``).
+both (plus one without the image for ``rejected_answer: no_image``).
 
 Departures: mDPO's rejected image is re-drawn every epoch; here each example's crop is drawn once (seeded by its
 id). Log-probabilities of the rejected *answer* are read from the first answer token over the choices' first
@@ -36,6 +36,7 @@ from mbias.errors import ConfigError
 from mbias.finetune.data import MB, answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import stacked_inputs
+from mbias.variants import FULL, IMAGE_MASKED, IMAGE_REMOVED
 
 CORRUPTIONS = ("blank", "noise", "crop")
 
@@ -48,7 +49,7 @@ class MDPOConfig:
     anchor_weight: float = field(default=1.0, metadata={"help": "weight of the anchor term (0: off)"})
     anchor_delta: float = field(default=0.0, metadata={"help": "the anchor's reward threshold delta"})
     rejected_answer: str = field(default="none", metadata={
-        "help": "none, or text_only: add the standard DPO term with the answer the reference model gives "
+        "help": "none, or no_image: add the standard DPO term with the answer the reference model gives "
                 "without the image as the rejected answer (multiple-choice data)"})
     sft_weight: float = field(default=0.0, metadata={"help": "weight of the plain answer-token loss (0: off)"})
 
@@ -57,8 +58,8 @@ class MDPOConfig:
             raise ConfigError(f"beta must be positive; got {self.beta}")
         if self.corruption not in CORRUPTIONS:
             raise ConfigError(f"corruption must be one of {', '.join(CORRUPTIONS)}, not {self.corruption!r}")
-        if self.rejected_answer not in ("none", "text_only"):
-            raise ConfigError(f"rejected_answer must be none or text_only, not {self.rejected_answer!r}")
+        if self.rejected_answer not in ("none", "no_image"):
+            raise ConfigError(f"rejected_answer must be none or no_image, not {self.rejected_answer!r}")
         if self.anchor_weight < 0 or self.sft_weight < 0:
             raise ConfigError("anchor_weight and sft_weight must be >= 0")
 
@@ -85,14 +86,14 @@ class MDPORecipe(Recipe):
     def __init__(self, config=None):
         super().__init__(config)
         self.image_baseline = self.config.corruption
-        self.needs_no_image = self.needs_label_space = self.config.rejected_answer == "text_only"
+        self.needs_no_image = self.needs_label_space = self.config.rejected_answer == "no_image"
 
     def training_step(self, model, inputs):
         cfg = self.config
-        both = stacked_inputs(inputs, ("full", "text_only"))  # text_only = the corrupted image, same question
-        sums, counts, first = answer_forward(model, both, "full")
+        both = stacked_inputs(inputs, (FULL, IMAGE_MASKED))  # the image masked = the corrupted image here
+        sums, counts, first = answer_forward(model, both)
         with self.frozen_base(model) as base:
-            ref_sums, _, ref_first = answer_forward(base, both, "full")
+            ref_sums, _, ref_first = answer_forward(base, both)
         policy_real, policy_corrupt = sums.chunk(2)
         ref_real, ref_corrupt = ref_sums.chunk(2)
         cond, anchor = mdpo_losses(policy_real, policy_corrupt, ref_real, ref_corrupt, cfg.beta, cfg.anchor_delta)
@@ -100,7 +101,7 @@ class MDPORecipe(Recipe):
         signals = {"loss/conditional": float(cond.detach().mean()), "loss/anchor": float(anchor.detach().mean()),
                    "mdpo/reward_real": float(cfg.beta * (policy_real - ref_real).detach().mean()),
                    "mdpo/reward_corrupt": float(cfg.beta * (policy_corrupt - ref_corrupt).detach().mean())}
-        if cfg.rejected_answer == "text_only":
+        if cfg.rejected_answer == "no_image":
             dpo, share = self._answer_preference(model, inputs, first.chunk(2)[0], ref_first.chunk(2)[0])
             loss = loss + dpo
             signals.update({"loss/dpo": float(dpo.detach()), "mdpo/rejected_share": share})
@@ -115,7 +116,7 @@ class MDPORecipe(Recipe):
         """Mean DPO loss against the reference's no-image answer, over the rows where it differs from the gold."""
         gold = inputs[MB + "gold"]
         with self.frozen_base(model) as base:
-            rejected = choice_logits(answer_forward(base, inputs, "no_image")[2], inputs).argmax(-1)
+            rejected = choice_logits(answer_forward(base, inputs, IMAGE_REMOVED)[2], inputs).argmax(-1)
         keep = rejected != gold
         if not keep.any():
             return first_policy.sum() * 0.0, 0.0

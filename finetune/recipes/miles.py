@@ -2,7 +2,8 @@
 
 Every ``every_steps`` optimizer steps (and before the first), on held-out data: accuracy with the full input,
 with the image masked (text only) and with the question masked (image only); conditional utilisation rates
-u_img = (M_full - M_text_only) / M_full and u_txt = (M_full - M_image_only) / M_full, delta = |u_img - u_txt|.
+u_img = (M_full - M_image_masked) / M_full and u_txt = (M_full - M_question_masked) / M_full,
+delta = |u_img - u_txt|.
 If delta <= tau, or both rates are negative, every parameter group runs at the scheduled learning rate;
 otherwise the dominant side's groups (larger positive u) run at mu times it. Implemented as a TrainerCallback
 that rescales the LR scheduler's base rates of the modality parameter groups; almost free.
@@ -19,6 +20,7 @@ from mbias.errors import ConfigError
 from mbias.finetune.data import EncodedDataset, RecipeCollator
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import variant_values
+from mbias.variants import FULL, IMAGE_MASKED, QUESTION_MASKED
 
 
 @dataclass
@@ -35,11 +37,11 @@ class MILESConfig:
             raise ConfigError("tau must be >= 0 and every_steps >= 1")
 
 
-def utilisation(m_full: float, m_text_only: float, m_image_only: float) -> tuple[float, float]:
+def utilisation(m_full: float, m_image_masked: float, m_question_masked: float) -> tuple[float, float]:
     """(u_img, u_txt): how much accuracy each modality's removal costs, relative to the full accuracy."""
     if m_full <= 0:
         return 0.0, 0.0
-    return (m_full - m_text_only) / m_full, (m_full - m_image_only) / m_full
+    return (m_full - m_image_masked) / m_full, (m_full - m_question_masked) / m_full
 
 
 def lr_factors(u_img: float, u_txt: float, tau: float, mu: float) -> dict[str, float]:
@@ -82,7 +84,7 @@ class MILESRecipe(Recipe):
         model.eval()
         data = EncodedDataset(t.mbias_adapter, t.mbias_eval_examples)
         collate = RecipeCollator(t.mbias_adapter, unimodal=True, label_space=True)
-        totals = {"full": 0.0, "text_only": 0.0, "image_only": 0.0}
+        totals = dict.fromkeys((FULL, IMAGE_MASKED, QUESTION_MASKED), 0.0)
         for start in range(0, len(data), 64):
             batch = t._prepare_inputs(collate([data[i] for i in range(start, min(len(data), start + 64))]))
             vals = variant_values(model, batch, "accuracy", tuple(totals))
@@ -90,11 +92,11 @@ class MILESRecipe(Recipe):
                 totals[k] += float(vals[k].sum())
         model.train(was_training)
         m = {k: v / len(data) for k, v in totals.items()}
-        u_img, u_txt = utilisation(m["full"], m["text_only"], m["image_only"])
+        u_img, u_txt = utilisation(m[FULL], m[IMAGE_MASKED], m[QUESTION_MASKED])
         self.factors = lr_factors(u_img, u_txt, self.config.tau, self.config.mu)
         self.apply()
-        self.last = {"miles/acc_full": m["full"], "miles/acc_text_only": m["text_only"],
-                     "miles/acc_image_only": m["image_only"], "miles/u_image": u_img, "miles/u_text": u_txt,
+        self.last = {"miles/acc_full": m[FULL], "miles/acc_image_masked": m[IMAGE_MASKED],
+                     "miles/acc_question_masked": m[QUESTION_MASKED], "miles/u_image": u_img, "miles/u_text": u_txt,
                      "miles/factor_vision": self.factors["vision"], "miles/factor_language": self.factors["language"]}
         return self.last
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from mbias.errors import ConfigError
 from mbias.finetune.data import answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
+from mbias.variants import IMAGE_MASKED, QUESTION_MASKED
 
 
 @dataclass
@@ -91,11 +92,11 @@ class MNLRecipe(Recipe):
 
     def training_step(self, model, inputs):
         gold = inputs["mb_gold"]
-        sums, counts, first = answer_forward(model, inputs, "full")
+        sums, counts, first = answer_forward(model, inputs)
         sft = -sums.sum() / counts.sum().clamp(min=1)
         z_full = choice_logits(first, inputs)
-        z_txt = choice_logits(answer_forward(model, inputs, "text_only")[2], inputs)
-        z_img = choice_logits(answer_forward(model, inputs, "image_only")[2], inputs)
+        z_txt = choice_logits(answer_forward(model, inputs, IMAGE_MASKED)[2], inputs)  # the question alone
+        z_img = choice_logits(answer_forward(model, inputs, QUESTION_MASKED)[2], inputs)  # the image alone
         ce_txt, ce_img = masked_ce(z_txt, gold).mean(), masked_ce(z_img, gold).mean()
         loss = sft + ("text" in self.config.unimodal_ce) * ce_txt + ("image" in self.config.unimodal_ce) * ce_img
         text_dom, image_dom, margins = robust_dominant(z_full.detach(), z_txt.detach(), z_img.detach(), gold)

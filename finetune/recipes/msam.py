@@ -23,6 +23,7 @@ from mbias.errors import ConfigError
 from mbias.finetune.data import answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import batch_shapley, modality_weights, variant_values
+from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED
 
 
 @dataclass
@@ -70,14 +71,14 @@ class MSAMRecipe(Recipe):
         params = [p for p in model.parameters() if p.requires_grad]
         previous = self._grads(params)  # gradients accumulated by earlier micro-batches, put back at the end
 
-        sums, counts, first = answer_forward(model, inputs, "full")
+        sums, counts, first = answer_forward(model, inputs)
         per_sample = -sums / counts.clamp(min=1)
         with torch.no_grad():
             if cfg.value == "accuracy":
                 full = (choice_logits(first, inputs).argmax(-1) == inputs["mb_gold"]).float()
             else:
                 full = sums.detach().float()
-        vals = {"full": full, **variant_values(model, inputs, cfg.value, ("image_only", "text_only", "none"))}
+        vals = {FULL: full, **variant_values(model, inputs, cfg.value, (QUESTION_MASKED, IMAGE_MASKED, BOTH_MASKED))}
         phi_img, phi_txt = batch_shapley(vals)
         w = modality_weights(phi_img, phi_txt)
         if cfg.granularity == "batch":
@@ -106,7 +107,7 @@ class MSAMRecipe(Recipe):
             for p, e in zip(params, eps, strict=True):
                 p.add_(e)
         try:
-            sums2, counts2, _ = answer_forward(model, inputs, "full")
+            sums2, counts2, _ = answer_forward(model, inputs)
             loss_dom_perturbed = (w_dom * (-sums2 / counts2.clamp(min=1))).sum() / n
             self.backward(loss_dom_perturbed)
         finally:

@@ -21,6 +21,7 @@ import torch
 from mbias.errors import ConfigError
 from mbias.finetune.data import answer_forward
 from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
+from mbias.variants import IMAGE_MASKED, QUESTION_MASKED
 
 
 @dataclass
@@ -64,8 +65,8 @@ class OGMGERecipe(Recipe):
     def training_step(self, model, inputs):
         cfg = self.config
         with torch.no_grad():
-            s_img = float(answer_forward(model, inputs, "image_only")[0].exp().sum())
-            s_txt = float(answer_forward(model, inputs, "text_only")[0].exp().sum())
+            s_img = float(answer_forward(model, inputs, QUESTION_MASKED)[0].exp().sum())
+            s_txt = float(answer_forward(model, inputs, IMAGE_MASKED)[0].exp().sum())
         step = self.trainer.state.global_step
         active = step >= cfg.start_step and (cfg.end_step is None or step <= cfg.end_step)
         dominant = "vision" if s_img > s_txt else "language"

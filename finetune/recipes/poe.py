@@ -92,7 +92,7 @@ class PoERecipe(BiasExpertRecipe):
                                **expert_signals(bias_logp, target, rows, len(inputs["input_ids"]), z.detach())}
 
     def _lpf_step(self, model, inputs, bias_logp):
-        sums, counts, _ = answer_forward(model, inputs, "full")
+        sums, counts, _ = answer_forward(model, inputs)
         n = sums.shape[0]
         if self.expert.space == "choices":
             target, rows = inputs["mb_gold"], torch.arange(n, device=sums.device)

@@ -36,35 +36,42 @@ def _cat_pixels(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(tensors, dim=0)
 
 
+def right_pad(prompts: list[torch.Tensor], answers: list[torch.Tensor], pad_id: int,
+              token_inputs: list[dict[str, torch.Tensor]], answer_fill) -> dict[str, torch.Tensor]:
+    """Rows of prompt + answer, right-padded: ``input_ids``, ``attention_mask``, ``answer_mask`` [B, L] and each
+    per-token extra (over the prompt; ``answer_fill(key)`` over the answer). The one layout every scoring and
+    training batch uses."""
+    B, L = len(prompts), max(p.numel() + a.numel() for p, a in zip(prompts, answers, strict=True))
+    out = {"input_ids": torch.full((B, L), pad_id, dtype=torch.long),
+           "attention_mask": torch.zeros((B, L), dtype=torch.long),
+           "answer_mask": torch.zeros((B, L), dtype=torch.bool)}
+    # extras hold the answer's value from the prompt's end on (padding included, where attention is off anyway)
+    out.update({k: torch.full((B, L), answer_fill(k), dtype=v.dtype) for k, v in token_inputs[0].items()})
+    for b, (prompt, answer, extras) in enumerate(zip(prompts, answers, token_inputs, strict=True)):
+        P, A = prompt.numel(), answer.numel()
+        out["input_ids"][b, :P] = prompt
+        out["input_ids"][b, P:P + A] = answer
+        out["attention_mask"][b, :P + A] = 1
+        out["answer_mask"][b, P:P + A] = True
+        for k, v in extras.items():
+            out[k][b, :P] = v
+    return out
+
+
 def collate(adapter, encoded: list[Encoded], *, mask_question: bool = False, image: str = "full",
             answers: list[torch.Tensor] | None = None) -> Batch:
     """Right-padded batch of prompt + answer; ``image`` is ``full`` or a whole-image baseline kind."""
     tok = adapter.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     answers = answers or [e.answer_ids for e in encoded]
-    lengths = [e.prompt_ids.numel() + a.numel() for e, a in zip(encoded, answers, strict=True)]
-    B, L = len(encoded), max(lengths)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((B, L), dtype=torch.long)
-    answer_mask = torch.zeros((B, L), dtype=torch.bool)
-    question_mask = torch.zeros((B, L), dtype=torch.bool)
-    extras = {k: torch.zeros((B, L), dtype=v.dtype) for k, v in encoded[0].token_inputs.items()}
-    baseline_id = adapter.text_baseline_id() if mask_question else None
-    for b, (e, a) in enumerate(zip(encoded, answers, strict=True)):
-        P, A = e.prompt_ids.numel(), a.numel()
-        input_ids[b, :P] = e.prompt_ids
-        input_ids[b, P:P + A] = a
-        labels[b, P:P + A] = a
-        attention[b, :P + A] = 1
-        answer_mask[b, P:P + A] = True
+    inputs = right_pad([e.prompt_ids for e in encoded], answers, tok.pad_token_id if tok.pad_token_id is not None
+                       else 0, [e.token_inputs for e in encoded], adapter._answer_fill)
+    answer_mask = inputs.pop("answer_mask")
+    inputs["labels"] = inputs["input_ids"].masked_fill(~answer_mask, IGNORE_INDEX)
+    question_mask = torch.zeros_like(answer_mask)
+    for b, e in enumerate(encoded):
         question_mask[b, e.question_positions] = True
         if mask_question:
-            input_ids[b, e.question_positions] = baseline_id
-        for k, v in e.token_inputs.items():
-            extras[k][b, :P] = v
-            extras[k][b, P:P + A] = adapter._answer_fill(k)
-    inputs = {"input_ids": input_ids, "attention_mask": attention, "labels": labels, **extras}
+            inputs["input_ids"][b, e.question_positions] = adapter.text_baseline_id()
     if encoded[0].has_image:
         pixels = [e.pixel_inputs if image == "full" else adapter.baseline_pixels(e, image) for e in encoded]
         for key in pixels[0]:
@@ -72,22 +79,30 @@ def collate(adapter, encoded: list[Encoded], *, mask_question: bool = False, ima
     return Batch(inputs, answer_mask, question_mask)
 
 
-def answer_logprobs(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log p(answer tokens) per example [B] (differentiable) and answer token counts [B].
+def answer_logits(model, model_inputs: dict, answer_mask: torch.Tensor, **forward_kwargs):
+    """Logits at every position that predicts an answer token [T, vocab] (row-major over the batch), the answer
+    tokens they predict [T], each one's batch row [T], and the model output.
 
     Logits are computed only where an answer token is predicted (``logits_to_keep`` as a boolean mask), which
     skips the lm_head over the prompt: most of the sequence, and most of the head's cost on a large vocabulary.
     """
-    inputs = {k: v for k, v in batch.model_inputs.items() if k != "labels"}
-    predicts = torch.zeros_like(batch.answer_mask)
-    predicts[:, :-1] = batch.answer_mask[:, 1:]
-    logits = model(**inputs, **forward_kwargs, use_cache=False, logits_to_keep=predicts).logits  # [T, V]
-    targets = inputs["input_ids"][batch.answer_mask]  # row-major, the same order as the kept logits
+    predicts = torch.zeros_like(answer_mask)
+    predicts[:, :-1] = answer_mask[:, 1:]
+    out = model(**model_inputs, use_cache=False, logits_to_keep=predicts, **forward_kwargs)
+    return out.logits, model_inputs["input_ids"][answer_mask], answer_mask.nonzero()[:, 0], out
+
+
+def summed_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Summed log p(target) per batch row [n_rows] from per-token logits [T, vocab] (differentiable)."""
     token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    rows = batch.answer_mask.nonzero()[:, 0]
-    B = batch.answer_mask.shape[0]
-    sums = torch.zeros(B, dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
-    return sums, batch.answer_mask.sum(-1)
+    return torch.zeros(n_rows, dtype=token_lp.dtype, device=token_lp.device).index_add(0, rows, token_lp)
+
+
+def answer_logprobs(model, batch: Batch, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log p(answer tokens) per example [B] (differentiable) and answer token counts [B]."""
+    inputs = {k: v for k, v in batch.model_inputs.items() if k != "labels"}
+    logits, targets, rows, _ = answer_logits(model, inputs, batch.answer_mask, **forward_kwargs)
+    return summed_logprobs(logits, targets, rows, batch.answer_mask.shape[0]), batch.answer_mask.sum(-1)
 
 
 def answer_loss(model, batch: Batch, **forward_kwargs) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from mbias.errors import MbiasError
 from mbias.example import normalize_answer
 from mbias.models import geometry
+from mbias.models.batching import right_pad
 from mbias.models.types import Prediction, Prepared
 
 logger = logging.getLogger(__name__)
@@ -137,23 +138,13 @@ class ScoringMixin:
         right-padded. Position t of the output predicts continuation token t.
         """
         dev = self.device
-        P = prepared.prompt_ids.shape[0]
         max_a = max(int(answers[c].numel()) for _, c in rows)
-        L = P + max_a
         B = len(rows)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        for b, (v, c) in enumerate(rows):
-            a = answers[c]
-            input_ids[b, :P] = ids[v]
-            input_ids[b, P:P + a.numel()] = a
-            attn[b, :P + a.numel()] = 1
-        kwargs = {"input_ids": input_ids.to(dev), "attention_mask": attn.to(dev)}
-        for k, v in prepared.token_inputs.items():
-            ext = torch.full((B, L), self._answer_fill(k), dtype=v.dtype)
-            ext[:, :P] = v
-            kwargs[k] = ext.to(dev)
+        padded = right_pad([ids[v] for v, _ in rows], [answers[c] for _, c in rows], pad_id,
+                           [prepared.token_inputs] * B, self._answer_fill)
+        padded.pop("answer_mask")
+        kwargs = {k: v.to(dev) for k, v in padded.items()}
         if feats is not None:
             sel = feats[[v for v, _ in rows]].to(dev, self.model.dtype)
             kwargs["mm_encoder_outputs"] = self._pack(sel, prepared.pooler_layout)
