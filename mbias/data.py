@@ -149,12 +149,33 @@ def _lines(path: Path):
                                      "save the file as UTF-8")
 
 
+class _Gate:
+    """What every loader does with a record's problem: stop on it with the fix, or skip it and count it; and the
+    one check every source needs, unique ids (resuming an audit relies on them)."""
+
+    def __init__(self, on_error: str, fix: str):
+        self.on_error, self.fix = on_error, fix
+        self.problems: list[str] = []
+        self.seen: set[str] = set()
+
+    def accept(self, where: str, problem: str | None, rid: str | None) -> bool:
+        if problem is None and rid in self.seen:
+            problem = f"duplicate id {rid!r} (ids must be unique; resuming relies on them)"
+        if problem:
+            if self.on_error == "stop":
+                raise DataError(f"{where}: {problem}; {self.fix} or pass --on-error skip")
+            self.problems.append(f"{where}: {problem}")
+            return False
+        self.seen.add(rid)
+        return True
+
+
 def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, str]) -> LoadedData:
-    examples, problems, seen = [], [], set()
+    examples, gate = [], _Gate(on_error, "fix the record")
     for lineno, line, problem in _lines(path):
         if line is not None and not line.strip():
             continue
-        where = f"{path} line {lineno}"
+        rid = None
         if problem is None:
             try:
                 record = json.loads(line)
@@ -164,16 +185,9 @@ def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, st
                 if isinstance(record, dict):
                     record = resolve_choices(map_columns(record, columns))
                 problem = record_problem(record, base=path.parent, image_key=image_key, columns=columns)
-        if problem is None:
-            rid = str(record.get("id", f"{path.stem}-{lineno}"))
-            if rid in seen:
-                problem = f"duplicate id {rid!r} (ids must be unique; resuming relies on them)"
-        if problem:
-            if on_error == "stop":
-                raise DataError(f"{where}: {problem}; fix the record or pass --on-error skip")
-            problems.append(f"{where}: {problem}")
+                rid = None if problem else str(record.get("id", f"{path.stem}-{lineno}"))
+        if not gate.accept(f"{path} line {lineno}", problem, rid):
             continue
-        seen.add(rid)
         used = {"id", "image", image_key, "question", "answer", "choices", "category", "image_key",
                 *columns.values()}
         examples.append(Example(
@@ -181,9 +195,9 @@ def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, st
             answer=record["answer"], choices=record.get("choices"), category=_text(record.get("category")),
             image_key=_text(record.get("image_key")), meta={k: v for k, v in record.items() if k not in used},
         ))
-    if problems:
-        logger.warning("skipped %d bad records in %s (first: %s)", len(problems), path, problems[0])
-    return LoadedData(examples, str(path), len(problems), tuple(problems))
+    if gate.problems:
+        logger.warning("skipped %d bad records in %s (first: %s)", len(gate.problems), path, gate.problems[0])
+    return LoadedData(examples, str(path), len(gate.problems), tuple(gate.problems))
 
 
 def _text(value) -> str | None:
@@ -233,27 +247,21 @@ def _load_hf_rows(ds, where: str, base: Path | None, on_error: str, columns: dic
     if missing:
         raise DataError(f"{where}: the dataset has no column(s) {', '.join(missing)}; columns: "
                         f"{', '.join(ds.column_names)}; map them with --columns FIELD=COLUMN (see docs/datasets.md)")
-    examples, problems, seen = [], [], set()
+    examples, gate = [], _Gate(on_error, "fix the row")
     for i, raw in enumerate(ds):
         if max_samples is not None and len(examples) >= max_samples:
             break
         row = resolve_choices(map_columns(raw, columns))
         problem = record_problem(row, base=base, image_key="image", check_files=False, columns=columns)
         rid = str(row.get("id", i))
-        if problem is None and rid in seen:
-            problem = f"duplicate id {rid!r} (ids must be unique; resuming relies on them)"
-        if problem:
-            if on_error == "stop":
-                raise DataError(f"{where} row {i}: {problem}; fix the row or pass --on-error skip")
-            problems.append(f"{where} row {i}: {problem}")
+        if not gate.accept(f"{where} row {i}", problem, rid):
             continue
-        seen.add(rid)
         image = row["image"]
         examples.append(Example(
             id=rid, image=base / image if isinstance(image, str) and base else image, question=row["question"],
             answer=row["answer"], choices=row.get("choices"), category=_text(row.get("category")),
             image_key=_text(row.get("image_key")),
         ))
-    if problems:
-        logger.warning("skipped %d bad rows in %s (first: %s)", len(problems), where, problems[0])
-    return LoadedData(examples, where, len(problems), tuple(problems))
+    if gate.problems:
+        logger.warning("skipped %d bad rows in %s (first: %s)", len(gate.problems), where, gate.problems[0])
+    return LoadedData(examples, where, len(gate.problems), tuple(gate.problems))
