@@ -33,7 +33,6 @@ import torch
 from mbias.errors import ConfigError, DataError
 from mbias.example import normalize_answer
 from mbias.finetune.data import MB, answer_logits, choice_logits, first_of_row
-from mbias.finetune.recipes.base import Recipe
 from mbias.variants import FULL, IMAGE_MASKED, IMAGE_REMOVED
 
 EXPERTS = ("no_image", "masked_image", "prior_table")
@@ -173,19 +172,3 @@ def expert_signals(bias_logp: torch.Tensor, target: torch.Tensor, rows: torch.Te
         out["main/accuracy"] = float((main_z.argmax(-1) == target).float().mean())
     return out
 
-
-class BiasExpertRecipe(Recipe):
-    """A recipe that trains around a bias expert (``poe``, ``lmh``): the expert's needs wired into the batches."""
-
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.expert = BiasExpert(self.config, self.name)
-        self.needs_no_image = self.config.bias_expert == "no_image"
-        self.needs_unimodal = self.config.bias_expert == "masked_image"  # the blank image's pixels
-
-    def bind_data(self, examples) -> None:
-        self.expert.bind(examples)
-        self.needs_label_space = self.expert.uses_choices
-
-    def collate_extra(self, encoded: list) -> dict:
-        return self.expert.collate_extra(encoded)

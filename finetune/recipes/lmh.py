@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from mbias.errors import ConfigError
 from mbias.finetune.bias_expert import (
     BiasExpertConfig,
-    BiasExpertRecipe,
     expert_signals,
     gold_logp,
     main_logits,
 )
 from mbias.finetune.data import first_answer_state
 from mbias.finetune.recipes.base import RECIPES
+from mbias.finetune.recipes.expert import BiasExpertRecipe
 
 
 @dataclass

@@ -33,13 +33,13 @@ import torch
 from mbias.errors import ConfigError
 from mbias.finetune.bias_expert import (
     BiasExpertConfig,
-    BiasExpertRecipe,
     expert_signals,
     gold_logp,
     main_logits,
 )
 from mbias.finetune.data import answer_forward
 from mbias.finetune.recipes.base import RECIPES
+from mbias.finetune.recipes.expert import BiasExpertRecipe
 
 
 @dataclass

@@ -1,0 +1,24 @@
+"""The base of the recipes that train around a bias expert (``poe``, ``lmh``): the expert's needs wired into the
+batches. Not a recipe itself (not registered)."""
+
+from __future__ import annotations
+
+from mbias.finetune.bias_expert import BiasExpert
+from mbias.finetune.recipes.base import Recipe
+
+
+class BiasExpertRecipe(Recipe):
+    """A recipe that trains around a bias expert (``poe``, ``lmh``): the expert's needs wired into the batches."""
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.expert = BiasExpert(self.config, self.name)
+        self.needs_no_image = self.config.bias_expert == "no_image"
+        self.needs_unimodal = self.config.bias_expert == "masked_image"  # the blank image's pixels
+
+    def bind_data(self, examples) -> None:
+        self.expert.bind(examples)
+        self.needs_label_space = self.expert.uses_choices
+
+    def collate_extra(self, encoded: list) -> dict:
+        return self.expert.collate_extra(encoded)
