@@ -48,12 +48,18 @@ class ZooEntry:
 def _entries() -> dict[str, ZooEntry]:
     from mbias.synth import PRIORS
 
-    return {
+    entries = {
         f"shapes-p{k}": ZooEntry(
             name=f"shapes-p{k}", data=f"synth:shapes-p{k}/train",
             description=f"tiny LLaVA trained on shapes with a {int(v * 100)}% language prior")
         for k, v in PRIORS.items()
     }
+    # the learning-speed scenario's base: nothing learned yet, so a fine-tune trains vision and language from
+    # scratch and the easy modality (the wording) can starve the slow one (docs/recipes.md)
+    entries["scratch"] = ZooEntry(name="scratch", data="synth:shapes-p00/train", train=ZooTrainConfig(steps=0),
+                                  description="tiny LLaVA at its random initialisation (a base that has not "
+                                              "learned to see or read)")
+    return entries
 
 
 def zoo_entry(name: str) -> ZooEntry:

@@ -84,7 +84,8 @@ def train_tiny(adapter, train_examples, cfg: ZooTrainConfig, progress: bool = Tr
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
     model.eval()
     return {"encode_seconds": round(encode_s, 2), "train_seconds": round(time.perf_counter() - t0 - encode_s, 2),
-            "first_loss": losses[0], "final_loss": sum(losses[-50:]) / min(50, len(losses)),
+            "first_loss": losses[0] if losses else None,
+            "final_loss": sum(losses[-50:]) / min(50, len(losses)) if losses else None,
             "loss_curve": [round(sum(losses[i:i + 50]) / len(losses[i:i + 50]), 4) for i in range(0, len(losses), 50)]}
 
 
