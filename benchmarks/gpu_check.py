@@ -1,6 +1,9 @@
 """GPU check for a session that is lent an accelerator: throughput, FLOP utilisation and memory of the default
-audit on a LLaVA-1.5-7B-shaped model (random weights: nothing can be downloaded), in bf16 and 4-bit, and a QLoRA
-M-SAM step. Prints one short table; finishes in well under 8 minutes on an H100.
+audit on a LLaVA-1.5-7B-shaped model (random weights: nothing can be downloaded), in bf16 and 4-bit; the same
+model split by accelerate's device map over all visible GPUs (on one GPU: part of it offloaded to the CPU), with
+its scores compared to the single-device run's; a QLoRA M-SAM step; and QLoRA steps of every recipe on a
+7B-wide, 2-layer model. Prints one short table; each stage adds to the JSON as it finishes, so a run cut short by
+the time limit still reports what it did.
 
     python benchmarks/gpu_check.py                 # on the GPU machine
     python benchmarks/gpu_check.py --small --cpu   # the same code path on a tiny config, on CPU (CI-style check)
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -44,7 +48,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def llava_config(small: bool, vocab: int, image_token_id: int):
+def llava_config(small: bool, vocab: int, image_token_id: int, text_layers: int | None = None):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     if small:
@@ -57,11 +61,13 @@ def llava_config(small: bool, vocab: int, image_token_id: int):
                                   num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
         text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+    if text_layers:
+        text.num_hidden_layers = text_layers
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
                        vision_feature_layer=-2, vision_feature_select_strategy="default", tie_word_embeddings=False)
 
 
-def build_model_dir(path: Path, small: bool, device: torch.device) -> Path:
+def build_model_dir(path: Path, small: bool, device: torch.device, text_layers: int | None = None) -> Path:
     """A random-weight LLaVA of the real shape, saved with save_pretrained (so it loads like a user's model).
     Initialised on the accelerator when there is one: filling 7B parameters on 16 CPU cores takes minutes."""
     from transformers import CLIPImageProcessor, LlavaForConditionalGeneration, LlavaProcessor
@@ -70,7 +76,7 @@ def build_model_dir(path: Path, small: bool, device: torch.device) -> Path:
 
     tok = build_tokenizer(["<pad>", "<s>", "</s>", "<unk>", "<image>"])
     tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token = "<pad>", "<s>", "</s>", "<unk>"
-    cfg = llava_config(small, len(tok), tok.convert_tokens_to_ids("<image>"))
+    cfg = llava_config(small, len(tok), tok.convert_tokens_to_ids("<image>"), text_layers)
     size = cfg.vision_config.image_size
     proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": size},
                                                              crop_size={"height": size, "width": size}),
@@ -127,9 +133,10 @@ class FlopCounter:
         return 2 * self.params * self.tokens + 2 * self.layers * self.hidden * self.attn
 
 
-def audit(model_dir: Path, device: str, n: int, quant: bool) -> dict:
+def audit(model_dir: Path, device: str, n: int, quant: bool, placement: dict | None = None) -> dict:
+    """Probes on ``n`` samples; ``placement``: LoadOptions' device_map / max_memory / offload_folder."""
     from mbias.diagnose.config import AuditConfig, build_probes
-    from mbias.models import AdapterConfig, load_adapter
+    from mbias.models import AdapterConfig, LoadOptions, load_adapter
     from mbias.probes import SampleContext
     from mbias.synth import load_synth
 
@@ -137,8 +144,9 @@ def audit(model_dir: Path, device: str, n: int, quant: bool) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    adapter = load_adapter(str(model_dir), device=device, dtype="bfloat16" if dev.type == "cuda" else "float32",
-                           load_in_4bit=quant, config=AdapterConfig(batch_size=64))
+    opts = LoadOptions(device="auto" if placement else device, dtype="bfloat16" if dev.type == "cuda" else "float32",
+                       load_in_4bit=quant, **(placement or {}))
+    adapter = load_adapter(str(model_dir), opts, config=AdapterConfig(batch_size=64))
     load_s = time.perf_counter() - t0
     probes = build_probes(AuditConfig(probe_config={"mm_shap": {"n_permutations": 10}}))
     ds = load_synth("shapes-p90/test-cp")
@@ -155,27 +163,62 @@ def audit(model_dir: Path, device: str, n: int, quant: bool) -> dict:
                 probe.run(ctx)
         _sync(dev)
         wall = time.perf_counter() - t0
-    return {"samples_per_s": n / wall, "load_s": load_s, "forward_share_of_wall": counter.seconds / wall,
-            "tflops_in_forwards": counter.flops / max(counter.seconds, 1e-9) / 1e12,
-            "flops_per_sample": counter.flops / n,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
+    # the full-input answer log-prob of the first samples, to compare placements
+    scores = [float(adapter.score(adapter.prepare(ds[i]))[0]) for i in range(1, 5)]
+    placed = getattr(adapter.model, "hf_device_map", None)
+    out = {"samples_per_s": n / wall, "load_s": load_s, "forward_share_of_wall": counter.seconds / wall,
+           "tflops_in_forwards": counter.flops / max(counter.seconds, 1e-9) / 1e12,
+           "flops_per_sample": counter.flops / n, "scores": scores,
+           "placement": sorted({str(d) for d in placed.values()}) if placed else [str(adapter.device)],
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
+    del adapter
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
 
 
-def qlora_msam_step(model_dir: Path, device: str, quant: bool) -> dict:
+def sharding(model_dir: Path, dev: torch.device) -> dict:
+    """accelerate's placement for the split audit: every visible GPU, or (one GPU, or none) part of the model on
+    the GPU and the rest on the CPU and disk, so that the split path runs on any machine."""
+    size = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+    n_gpus = torch.cuda.device_count() if dev.type == "cuda" else 0
+    if n_gpus > 1:
+        return {"device_map": "auto"}
+    memory = {"0": f"{size * 0.6 / 2**30:.2f}GiB", "cpu": "200GiB"} if n_gpus else {"cpu": str(int(size * 0.9))}
+    return {"device_map": "auto", "max_memory": memory, "offload_folder": "/tmp/mbias-gpu-check/offload"}
+
+
+def qlora_steps(model_dir: Path, device: str, quant: bool, recipe: str, steps: int = 4) -> dict:
     from mbias.finetune.config import FinetuneConfig
     from mbias.finetune.run import run_finetune
     from mbias.models import LoadOptions
 
     if torch.device(device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    out = Path("/tmp/mbias-gpu-check/msam")
+    out = Path(f"/tmp/mbias-gpu-check/ft-{recipe}")
     shutil.rmtree(out, ignore_errors=True)
     run_finetune(str(model_dir), "synth:shapes-p90/train", out, progress=False, load=LoadOptions(
         device=device, dtype="bfloat16" if torch.device(device).type == "cuda" else "float32", load_in_4bit=quant),
-        config=FinetuneConfig(recipe="msam", max_steps=4, batch_size=4, max_train_samples=32, lora_r=16))
-    times = [json.loads(line)["time"] for line in (out / "training_log.jsonl").read_text().splitlines()]
-    return {"s_per_step": (times[-1] - times[1]) / (len(times) - 2),
+        config=FinetuneConfig(recipe=recipe, max_steps=steps, batch_size=4, max_train_samples=32, eval_samples=16,
+                              lora_r=16, recipe_config={"every_steps": 2} if recipe == "miles" else {}))
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    times = [e["time"] for e in log]
+    return {"s_per_step": (times[-1] - times[1]) / (len(times) - 2), "last_loss": log[-1]["loss"],
+            "finite": all(math.isfinite(e["loss"]) for e in log),
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+
+
+def qlora_every_recipe(model_dir: Path, device: str, quant: bool) -> dict:
+    """A few QLoRA steps of every recipe; a recipe that fails is reported with its error, and the rest still run."""
+    from mbias.finetune.recipes import RECIPES
+
+    out = {}
+    for name in RECIPES.names():
+        try:
+            out[name] = qlora_steps(model_dir, device, quant, name)
+        except Exception as exc:  # noqa: BLE001 (a check reports every failure, then goes on)
+            out[name] = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return out
 
 
 def main() -> None:
@@ -183,44 +226,67 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny config (a CPU check of the code path)")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--out", default=str(OUT), help="folder for the JSON report (default: benchmarks/results)")
     args = ap.parse_args()
     device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
     dev = torch.device(device)
     t_start = time.perf_counter()
-    report = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "small": args.small}
-    report["matmul_peak_tflops"] = matmul_peak(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
-                                               n=8192 if dev.type == "cuda" else 1024, reps=20 if dev.type == "cuda"
-                                               else 3)
+    name = "gpu_check" + ("_small_cpu" if args.small or dev.type == "cpu" else "")
+    path = Path(args.out) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "small": args.small,
+              "gpus": torch.cuda.device_count() if dev.type == "cuda" else 0}
+
+    def stage(key: str, fn) -> None:
+        report[key] = fn()
+        report["total_seconds"] = time.perf_counter() - t_start
+        path.write_text(json.dumps(report, indent=2, default=str))
+
+    stage("matmul_peak_tflops", lambda: matmul_peak(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32,
+                                                    n=8192 if dev.type == "cuda" else 1024,
+                                                    reps=20 if dev.type == "cuda" else 3))
     model_dir = build_model_dir(Path("/tmp/mbias-gpu-check/llava-7b-shape" + ("-small" if args.small else "")),
                                 args.small, dev)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     report["build_seconds"] = time.perf_counter() - t_start
-    report["audit_bf16"] = audit(model_dir, device, args.samples, quant=False)
+    stage("audit_bf16", lambda: audit(model_dir, device, args.samples, quant=False))
     quant = dev.type == "cuda"  # bitsandbytes needs CUDA
-    # 4-bit matmuls dequantise on the fly and run several times slower: fewer samples keep the check under 8 min
-    report["audit_4bit"] = audit(model_dir, device, max(2, args.samples // 4), quant=True) if quant else \
-        "skipped (CPU)"
-    report["qlora_msam_step"] = qlora_msam_step(model_dir, device, quant)
-    report["total_seconds"] = time.perf_counter() - t_start
-    OUT.mkdir(exist_ok=True)
-    name = "gpu_check" + ("_small_cpu" if args.small or dev.type == "cpu" else "")
-    (OUT / f"{name}.json").write_text(json.dumps(report, indent=2, default=str))
+    # 4-bit matmuls dequantise on the fly and run several times slower: fewer samples keep the check short
+    stage("audit_4bit", lambda: audit(model_dir, device, max(2, args.samples // 4), quant=True) if quant else
+          "skipped (CPU)")
+    stage("audit_sharded", lambda: audit(model_dir, device, max(2, args.samples // 4), quant=False,
+                                         placement=sharding(model_dir, dev)))
+    report["audit_sharded"]["max_abs_diff_vs_one_device"] = max(
+        abs(a - b) for a, b in zip(report["audit_sharded"]["scores"], report["audit_bf16"]["scores"], strict=True))
+    stage("qlora_msam_step", lambda: qlora_steps(model_dir, device, quant, "msam"))
+    shallow = build_model_dir(Path("/tmp/mbias-gpu-check/llava-7b-wide-2-layers" + ("-small" if args.small else "")),
+                              args.small, dev, text_layers=2)
+    stage("qlora_every_recipe", lambda: qlora_every_recipe(shallow, device, quant))
+    _print(report)
+
+
+def _print(report: dict) -> None:
     peak = report["matmul_peak_tflops"]
-    print(f"device {report['device']}  matmul peak {peak:.3g} TFLOP/s  total {report['total_seconds']:.0f} s "
-          f"(model build {report['build_seconds']:.0f} s)")
-    print(f"{'run':<14}{'samples/s':>10}{'TFLOP/s':>10}{'of peak':>9}{'peak GiB':>10}")
-    for key in ("audit_bf16", "audit_4bit"):
+    print(f"device {report['device']} x{max(1, report['gpus'])}  matmul peak {peak:.3g} TFLOP/s  total "
+          f"{report['total_seconds']:.0f} s (model build {report['build_seconds']:.0f} s)")
+    print(f"{'run':<15}{'samples/s':>10}{'TFLOP/s':>10}{'of peak':>9}{'peak GiB':>10}  placement")
+    for key in ("audit_bf16", "audit_4bit", "audit_sharded"):
         r = report[key]
         if isinstance(r, dict):
             mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.1f}"
-            print(f"{key:<14}{r['samples_per_s']:>10.3g}{r['tflops_in_forwards']:>10.3g}"
-                  f"{r['tflops_in_forwards'] / peak:>9.0%}{mem:>10}")
+            print(f"{key:<15}{r['samples_per_s']:>10.3g}{r['tflops_in_forwards']:>10.3g}"
+                  f"{r['tflops_in_forwards'] / peak:>9.0%}{mem:>10}  {','.join(r['placement'])}")
         else:
-            print(f"{key:<14}{r}")
-    q = report["qlora_msam_step"]
-    mem = "-" if q["peak_mem_gib"] is None else f"{q['peak_mem_gib']:.1f}"
-    print(f"{'qlora msam':<14}{'step ' + format(q['s_per_step'], '.2f') + ' s':>20}{'':>9}{mem:>10}")
+            print(f"{key:<15}{r}")
+    print(f"sharded scores vs one device: max |diff| {report['audit_sharded']['max_abs_diff_vs_one_device']:.2g}")
+    for name, q in [("msam 32 lyr", report["qlora_msam_step"]), *report["qlora_every_recipe"].items()]:
+        if isinstance(q, str):
+            print(f"qlora {name:<12}{q}")
+            continue
+        mem = "-" if q["peak_mem_gib"] is None else f"{q['peak_mem_gib']:.1f}"
+        print(f"qlora {name:<12}{'step ' + format(q['s_per_step'], '.2f') + ' s':>16}  loss "
+              f"{q['last_loss']:.3g}{'' if q['finite'] else ' (NOT FINITE)'}{mem:>10}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@ from __future__ import annotations
 from mbias.config import build_config, load_yaml, values_from_args
 from mbias.diagnose.config import AuditConfig
 from mbias.diagnose.runner import run_audit
-from mbias.models.config import AdapterConfig
-from mbias.models.loading import LoadOptions
+from mbias.models.config import AdapterConfig, LoadOptions
 
 
 def audit_config_from_args(args) -> AuditConfig:

@@ -3,7 +3,9 @@
 Resumable: re-running the same command on the same folder skips samples already in ``results.jsonl`` and, since
 every sample's randomness derives from the run seed and its id, ends with the same numbers as an uninterrupted
 run. Under ``accelerate launch`` each process audits a disjoint shard (sample index modulo world size) into its
-own file; the main process merges them and writes the summary.
+own file; the main process merges them and writes the summary. The first process alone checks the images and
+shows a progress bar. With a device map each process splits its model over its own slice of the node's GPUs
+(``loading.for_process``): 8 GPUs as 2 processes x 4 GPUs, say (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from mbias.diagnose import store
 from mbias.diagnose.aggregate import summarize
 from mbias.diagnose.config import AuditConfig, build_probes
 from mbias.errors import ConfigError, DataError
-from mbias.models.loading import LoadOptions, adapter_record
+from mbias.models.loading import LoadOptions, adapter_record, for_process, load_adapter
 from mbias.outdir import check_out_dir
 from mbias.probes.base import KEEP, SampleContext
 from mbias.provenance import provenance
@@ -76,24 +78,23 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
               load: LoadOptions | None = None, overwrite: bool = False, on_error: str = "stop",
               progress: bool = True, report: bool = True) -> dict | None:
     """Audit ``model`` on ``data`` into ``out``; returns the summary (None on non-main processes)."""
-    from mbias.data import load_data
-
     config = config or AuditConfig()
     load = load or LoadOptions()
     # everything a user can get wrong is checked before the first byte is written, the cheap checks first
     out = check_out_dir(out)
     probes = build_probes(config)
-    loaded = load_data(data, on_error=on_error, max_samples=config.max_samples, columns=config.columns)
+    rank, world, state = _distributed()
+    loaded = _load_examples(data, config, on_error, state)
     examples = loaded.examples
     fingerprint = config.fingerprint(model, load.adapter, data)
-    rank, world, state = _distributed()
-    adapter = load.load(model, config=config.adapter, device=str(state.device) if state else None)
+    adapter = load_adapter(model, for_process(load, state) if state else load, config=config.adapter)
     if rank == 0:
         _prepare_folder(out, fingerprint, overwrite)
         manifest = {
             "fingerprint": fingerprint, "model": model, "adapter": adapter_record(load.adapter), "data": data,
             "n_examples": len(examples), "skipped_records": loaded.skipped, "config": config.to_dict(),
             "load": vars(load), "family": adapter.family,
+            "device_map": getattr(adapter.model, "hf_device_map", None),
             "methods": {name: {"definition": p.definition, **p.describe(adapter)} for name, p in probes.items()},
             "provenance": provenance(model_revision=getattr(adapter.model.config, "_commit_hash", None),
                                      device=str(adapter.device), world_size=world),
@@ -108,7 +109,8 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     todo = [i for i in range(len(examples)) if i % world == rank and examples[i].id not in done]
     if done and rank == 0:
         logger.info("resuming: %d of %d samples already done", len(done), len(examples))
-    _audit_samples(adapter, examples, todo, probes, config, store.shard_path(out, rank, world), on_error, progress)
+    _audit_samples(adapter, examples, todo, probes, config, store.shard_path(out, rank, world), on_error,
+                   progress and rank == 0, f"auditing (process 1 of {world})" if world > 1 else "auditing")
 
     if state:
         state.wait_for_everyone()
@@ -126,19 +128,50 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     return summary
 
 
+def _load_examples(data: str, config: AuditConfig, on_error: str, state):
+    """The dataset, checked once: with several processes the first opens every image and hands its verdicts to
+    the others (so all skip the same records, and a bad record stops every process with the same message)."""
+    from mbias.data import check_image, load_data
+
+    def load(image_check=None):
+        return load_data(data, on_error=on_error, max_samples=config.max_samples, columns=config.columns,
+                         image_check=image_check)
+
+    if state is None:
+        return load()
+    from accelerate.utils import broadcast_object_list
+
+    verdicts, failure, loaded = {}, None, None
+    if state.is_main_process:
+        def judged(path):
+            problem = check_image(path)
+            if problem:
+                verdicts[str(path)] = problem
+            return problem
+
+        try:
+            loaded = load(judged)
+        except DataError as exc:
+            failure = str(exc)
+    verdicts, failure = broadcast_object_list([verdicts, failure])
+    if failure:
+        raise DataError(failure)
+    return loaded if loaded is not None else load(lambda path: verdicts.get(str(path)))
+
+
 def store_json(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text())
 
 
-def _audit_samples(adapter, examples, todo, probes, config, path, on_error, progress) -> None:
+def _audit_samples(adapter, examples, todo, probes, config, path, on_error, progress, desc) -> None:
     from tqdm.auto import tqdm
 
     writer = store.RecordWriter(path)
     skipped = 0
     try:
-        for i in tqdm(todo, desc="auditing", unit="sample", disable=not progress):
+        for i in tqdm(todo, desc=desc, unit="sample", disable=not progress):
             ex = examples[i]
             try:
                 prepared = adapter.prepare(ex)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from mbias.config import build_config, load_yaml
 from mbias.finetune.config import FinetuneConfig
 
@@ -17,12 +19,14 @@ def finetune_config_from_args(args) -> FinetuneConfig:
 
 def run_finetune_command(args) -> int:
     from mbias.finetune.run import run_finetune
-    from mbias.models.loading import LoadOptions
+    from mbias.models.config import LoadOptions
 
     config = finetune_config_from_args(args)
     load = LoadOptions.from_args(args)
     out = run_finetune(args.model, args.data, args.out, config=config, load=load, on_error=args.on_error,
                        progress=not args.no_progress, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # another process under accelerate launch: the first one reports
+        return 0
     print(f"wrote a {config.recipe} LoRA adapter to {out}; audit it with: mbias audit --model {args.model} "
           f"--adapter {out} --data DATA --out DIR")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -84,10 +85,14 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
     from mbias.finetune.recipes import RECIPES
     from mbias.finetune.trainer import BalancedTrainer
-    from mbias.models import AdapterConfig, LoadOptions
+    from mbias.models import AdapterConfig, LoadOptions, load_adapter
+    from mbias.models.loading import attach_peft
 
     load = load or LoadOptions()
     out = check_out_dir(out)
+    if load.device_map is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--device-map splits one model over GPUs in one process; accelerate cannot also run it "
+                          "data-parallel: launch one process, or drop --device-map and let each process hold a copy")
     recipe_cls = RECIPES.get(config.recipe)
     recipe = recipe_cls(build_config(recipe_cls.config_class, config.recipe_config, where="recipe_config"))
     examples = load_data(data, on_error=on_error, max_samples=config.max_train_samples,
@@ -100,11 +105,13 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     if eval_ref:
         eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples,
                                   columns=config.columns).examples
-    adapter = load.load(model, config=AdapterConfig(batch_size=64), with_adapter=False)
-    if load.adapter:
-        from peft import PeftModel
-
-        peft_model = PeftModel.from_pretrained(adapter.model, load.adapter, is_trainable=True)
+    adapter = load_adapter(model, load, config=AdapterConfig(batch_size=64), adapter=None)
+    placed = set(getattr(adapter.model, "hf_device_map", {}).values())
+    if "disk" in placed or ("cpu" in placed and len(placed) > 1):
+        raise ConfigError("fine-tuning cannot train layers offloaded to CPU or disk (the device map put some "
+                          "there); give --max-memory room for the whole model on the GPUs, or add --load-in-4bit")
+    if load.adapter:  # continue training a saved adapter
+        peft_model = attach_peft(adapter.model, load.adapter, is_trainable=True)
     else:
         peft_model = _lora_model(adapter, config, quantized=load.load_in_4bit or load.load_in_8bit)
     modality_of = {n: g for g, names in adapter.parameter_groups(peft_model).items() for n in names}

@@ -1,6 +1,7 @@
 """``BalancedTrainer``: transformers' Trainer with modality parameter groups, a recipe-defined step, a per-step
-JSONL log, and recipe state in every checkpoint. Everything else (DDP/FSDP/DeepSpeed via ``accelerate launch``,
-mixed precision, checkpointing, resuming, LR schedules) is the Trainer's own.
+JSONL log, and recipe state in every checkpoint. Everything else (DDP via ``accelerate launch``, mixed precision,
+checkpointing, resuming, LR schedules) is the Trainer's own. FSDP and DeepSpeed, also the Trainer's, run only the
+recipes whose ``launchers`` name them; the others are refused before training (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class BalancedTrainer(Trainer):
     def __init__(self, *args, recipe, modality_of: dict[str, str], log_path: Path, adapter, eval_examples=None,
                  resume_checkpoint: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        recipe.check_launcher(self.launcher)
         self.mbias_adapter = adapter  # scores the model being trained (LoRA is injected into its modules)
         self.mbias_eval_examples = eval_examples
         self._resume_checkpoint = resume_checkpoint
@@ -33,6 +35,15 @@ class BalancedTrainer(Trainer):
         for cb in recipe.callbacks():
             self.add_callback(cb)
         recipe.setup(self)
+
+    @property
+    def launcher(self) -> str:
+        """How accelerate distributes this run: single, ddp, fsdp or deepspeed."""
+        if self.is_deepspeed_enabled:
+            return "deepspeed"
+        if self.is_fsdp_enabled:
+            return "fsdp"
+        return "ddp" if self.accelerator.num_processes > 1 else "single"
 
     # ---- optimizer with one group per (modality, weight decay)
     def create_optimizer(self, model=None):

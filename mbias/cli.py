@@ -31,16 +31,11 @@ class _ListProbes(argparse.Action):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from mbias.config import add_dataclass_args
+    from mbias.models.config import LoadOptions
+
     p.add_argument("--model", required=True, help="hub id, local model folder, or zoo:NAME")
-    p.add_argument("--adapter", help="a PEFT (LoRA) adapter folder to apply on top of the model")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: auto = bfloat16 on GPU, float32 on CPU)")
-    q = p.add_mutually_exclusive_group()
-    q.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 weights via bitsandbytes (GPU only)")
-    q.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes (GPU only)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow code from the model repo (off by default)")
-    p.add_argument("--revision", help="hub revision (branch, tag or commit) of the model")
+    add_dataclass_args(p.add_argument_group("loading and placement (docs/scaling.md)"), LoadOptions)
 
 
 def _add_common_run_args(p: argparse.ArgumentParser) -> None:

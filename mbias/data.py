@@ -42,8 +42,10 @@ class LoadedData:
 
 
 def load_data(ref: str, *, on_error: str = "stop", max_samples: int | None = None,
-              columns: dict[str, str] | None = None) -> LoadedData:
-    """Load and validate a dataset reference (see module docstring)."""
+              columns: dict[str, str] | None = None, image_check=None) -> LoadedData:
+    """Load and validate a dataset reference (see module docstring). ``image_check(path) -> problem or None``
+    judges an image file (default: ``check_image``, which opens it); data-parallel audits open each image on one
+    process and hand its verdicts to the others, which then skip exactly the same records."""
     if on_error not in ("stop", "skip"):
         raise DataError(f"on_error must be 'stop' or 'skip', not {on_error!r}")
     columns = columns or {}
@@ -65,9 +67,9 @@ def load_data(ref: str, *, on_error: str = "stop", max_samples: int | None = Non
         if path.is_file():
             if path.suffix != ".jsonl":
                 raise DataError(f"{ref}: expected a .jsonl file (one JSON record per line)")
-            loaded = _load_jsonl(path, on_error, "image", columns)
+            loaded = _load_jsonl(path, on_error, "image", columns, image_check)
         elif (path / "metadata.jsonl").exists():
-            loaded = _load_jsonl(path / "metadata.jsonl", on_error, "file_name", columns)
+            loaded = _load_jsonl(path / "metadata.jsonl", on_error, "file_name", columns, image_check)
         elif (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
             loaded = _load_hf_disk(path, on_error, columns, max_samples)
         else:
@@ -96,7 +98,8 @@ class _Head(Sequence):
         return self.ds[i % self.n]
 
 
-def _check_image(path: Path) -> str | None:
+def check_image(path: Path) -> str | None:
+    """What is wrong with an image file (missing, unreadable), or None."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
@@ -110,7 +113,7 @@ def _check_image(path: Path) -> str | None:
 
 
 def record_problem(record, *, base: Path | None, image_key: str, check_files: bool = True,
-                   columns: dict[str, str] | None = None) -> str | None:
+                   columns: dict[str, str] | None = None, check=None) -> str | None:
     """What is wrong with one record (after column mapping), or None."""
     if not isinstance(record, dict):
         return "expected a JSON object"
@@ -134,7 +137,7 @@ def record_problem(record, *, base: Path | None, image_key: str, check_files: bo
         if record["answer"] not in choices:
             return f"answer {record['answer']!r} is not one of the choices {choices}"
     if check_files and isinstance(image, str):
-        return _check_image((base / image) if base else Path(image))
+        return (check or check_image)((base / image) if base else Path(image))
     return None
 
 
@@ -170,7 +173,7 @@ class _Gate:
         return True
 
 
-def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, str]) -> LoadedData:
+def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, str], check=None) -> LoadedData:
     examples, gate = [], _Gate(on_error, "fix the record")
     for lineno, line, problem in _lines(path):
         if line is not None and not line.strip():
@@ -184,7 +187,8 @@ def _load_jsonl(path: Path, on_error: str, image_key: str, columns: dict[str, st
             else:
                 if isinstance(record, dict):
                     record = resolve_choices(map_columns(record, columns))
-                problem = record_problem(record, base=path.parent, image_key=image_key, columns=columns)
+                problem = record_problem(record, base=path.parent, image_key=image_key, columns=columns,
+                                         check=check)
                 rid = None if problem else str(record.get("id", f"{path.stem}-{lineno}"))
         if not gate.accept(f"{path} line {lineno}", problem, rid):
             continue

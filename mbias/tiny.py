@@ -329,6 +329,7 @@ def build_paligemma(out_dir: str | Path, *, image_size: int = 32, patch_size: in
         vision_config=SiglipVisionConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
             image_size=image_size, patch_size=patch_size, projection_dim=hidden,
+            vision_use_head=False,  # as in real PaliGemma checkpoints: the features are the last hidden state
         ),
         text_config=GemmaConfig(
             vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,

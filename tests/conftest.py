@@ -37,3 +37,21 @@ def shapes_image():
     draw.ellipse((4, 4, 20, 20), fill=(220, 30, 30))
     draw.rectangle((28, 18, 44, 34), fill=(30, 30, 220))
     return img
+
+
+@pytest.fixture(scope="session")
+def accelerate_launch():
+    """``accelerate_launch()`` -> the command prefix for two processes (gloo on CPU) on a free port: the default
+    port 29500 may be taken by another launch on the same machine, and two process groups meeting on one port
+    abort."""
+    import socket
+    import sys
+
+    def command() -> list[str]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(port)]
+
+    return command

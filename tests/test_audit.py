@@ -273,14 +273,13 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tiny_llava, fast_config, 
 
 
 @pytest.mark.slow
-def test_two_processes_under_accelerate_share_the_work(tiny_llava, fast_config, tmp_path):
+def test_two_processes_under_accelerate_share_the_work(tiny_llava, fast_config, tmp_path, accelerate_launch):
     single, double = tmp_path / "single", tmp_path / "double"
     common = ["audit", "--model", tiny_llava, "--data", "synth:shapes-p90/test-cp", "--max-samples", "6",
               "--probes", "modality_shapley,ablation", "--no-progress", "--no-report"]
     assert main([*common, "--out", str(single)]) == 0
     # accelerate's --cpu flag runs one process; --multi_gpu starts two, which find no GPU and use gloo
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "-m", "mbias",
-           *common, "--out", str(double)]
+    cmd = [*accelerate_launch(), "-m", "mbias", *common, "--out", str(double)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list(double.glob("results.rank*"))

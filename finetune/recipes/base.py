@@ -2,11 +2,18 @@
 
 The trainer (``finetune.trainer.BalancedTrainer``) owns the model, optimizer, schedule and logging; a recipe only
 decides how one step turns a batch into gradients. The default step is plain SFT on the answer tokens.
+
+Under DDP (``accelerate launch``) each process steps on its share of the batch and DDP averages the gradients. A
+recipe whose step depends on a batch statistic (a score ratio, a head's accuracy) or trains something outside the
+wrapped model (a gate, classifier heads) reduces those over processes with ``over_processes``, so every process
+takes the same decision and the run follows the single-process run with the whole batch. ``launchers`` says which
+multi-process launchers a recipe's step is correct under; the trainer refuses the others before training.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -31,6 +38,9 @@ class ModulationConfig:
             raise ConfigError(f"mode must be update or gradient, not {self.mode!r}")
 
 
+LAUNCHER_NAMES = {"ddp": "DDP", "fsdp": "FSDP", "deepspeed": "DeepSpeed"}
+
+
 class Recipe:
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = type(None)
@@ -39,6 +49,12 @@ class Recipe:
     needs_no_image: ClassVar[bool] = False  # batches carry the prompts without image tokens (mb_noimage__*)
     image_baseline: ClassVar[str] = "blank"  # the image of the text-only variant (mb_blank__*)
     description: ClassVar[str] = ""
+    # Multi-process launchers the step is correct under (of "ddp", "fsdp", "deepspeed"; one process always works),
+    # and why the others are refused. accelerate shards a model (FSDP, DeepSpeed) only on GPUs, so a recipe claims
+    # them only once a GPU run has tested it (docs/scaling.md).
+    launchers: ClassVar[tuple[str, ...]] = ("ddp",)
+    refused_because: ClassVar[str] = ("accelerate shards models only on GPUs and no GPU run has tested this recipe "
+                                      "sharded yet")
 
     def __init__(self, config=None):
         self.config = config if config is not None else self.config_class()
@@ -58,6 +74,21 @@ class Recipe:
 
     def callbacks(self) -> list:
         return []
+
+    def check_launcher(self, launcher: str) -> None:
+        """ConfigError unless the step is correct under ``launcher`` (single, ddp, fsdp or deepspeed)."""
+        if launcher == "single" or launcher in self.launchers:
+            return
+        supported = " or ".join(LAUNCHER_NAMES[x] for x in self.launchers)
+        raise ConfigError(f"recipe {self.name!r} runs in one process or under {supported} (accelerate launch "
+                          f"--multi_gpu), not under {LAUNCHER_NAMES[launcher]}: {self.refused_because}; see "
+                          "docs/scaling.md")
+
+    def over_processes(self, tensor: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """``tensor`` reduced over the data-parallel processes (itself on one): a batch statistic of the whole
+        batch, or a gradient of something DDP does not wrap."""
+        acc = self.trainer.accelerator
+        return acc.reduce(tensor, reduction) if acc.num_processes > 1 else tensor
 
     def training_step(self, model, inputs: dict) -> tuple[torch.Tensor, dict]:
         """Forward and backward for one (micro-)batch; returns the loss (detached) and per-step signals."""
@@ -97,30 +128,30 @@ class Recipe:
         ``mode="gradient"`` multiplies the gradient itself, as the papers do with SGD. Under Adam a constant factor
         on a parameter's gradient is (almost) cancelled by the second-moment normalisation, so the default
         ``mode="update"`` scales the group's learning rate for this step instead: the same intent (slow one side
-        down), and it survives adaptive optimizers. Earlier micro-batches' gradients are left untouched.
+        down), and it survives adaptive optimizers.
+
+        Factor and noise act through a hook on each parameter, on this micro-batch's gradient as autograd hands it
+        over: before it is added to ``.grad`` (earlier micro-batches stay untouched, nothing is copied) and before
+        DDP averages it over processes. ``scale`` must therefore be the same on every process (reduce the signals
+        it comes from with ``over_processes``); the noise is the same draw everywhere, scaled by each process's own
+        gradient's std.
         """
-        groups = {m: self.trainer.params_of(m) for m in ("vision", "language")}
-        touched = mode == "gradient" or bool(noise)
-        before = {id(p): (p.grad.detach().clone() if p.grad is not None else None)
-                  for ps in groups.values() for p in ps} if touched else {}
-        self.backward(loss)
+        hooks = []
+        if mode == "gradient" or noise:
+            for m in ("vision", "language"):
+                factor = scale.get(m, 1.0) if mode == "gradient" else 1.0
+                for p in self.trainer.params_of(m):
+                    # drawn before backward, in parameter order: the same numbers on every process and every run
+                    z = torch.randn(p.shape, generator=generator) if noise and noise.get(m) else None
+                    hooks.append(p.register_hook(functools.partial(_modulate, factor=factor, z=z)))
+        try:
+            self.backward(loss)
+        finally:
+            for h in hooks:
+                h.remove()
         if mode == "update":
             for m, factor in scale.items():
                 self.trainer.scale_step_lr(m, factor)
-        if not touched:
-            return
-        with torch.no_grad():
-            for m, ps in groups.items():
-                for p in ps:
-                    if p.grad is None:
-                        continue
-                    prev = before[id(p)]
-                    delta = p.grad - prev if prev is not None else p.grad.clone()
-                    new = delta * scale.get(m, 1.0) if mode == "gradient" else delta
-                    if noise and noise.get(m):
-                        std = delta.float().std() if delta.numel() > 1 else delta.float().abs()
-                        new = new + torch.randn(delta.shape, generator=generator).to(delta.device, delta.dtype) * std
-                    p.grad = new if prev is None else prev + new
 
     def state_dict(self) -> dict:
         """Recipe state saved with each checkpoint (so resuming continues the same trajectory)."""
@@ -128,6 +159,14 @@ class Recipe:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def _modulate(grad: torch.Tensor, factor: float, z: torch.Tensor | None) -> torch.Tensor:
+    out = grad * factor
+    if z is not None:
+        std = grad.float().std() if grad.numel() > 1 else grad.float().abs()
+        out = out + z.to(grad.device, grad.dtype) * std.to(grad.dtype)
+    return out
 
 
 RECIPES: Registry[Recipe] = Registry("recipe", Recipe)

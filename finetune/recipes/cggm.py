@@ -12,7 +12,8 @@ Guards (the released code has none): B_m is clamped to [0, b_max] and left at 1 
 never flips and nothing explodes when accuracies stall. Released code vs paper: the code's "gradient" cosine is
 between output-layer weights; here it is between representations, the nearest analogue in an LLM whose output
 layer is frozen. Released defaults: rho 1.3, lambda 0.05-0.2, gradient clip 0.8. Heads are not saved with the
-adapter (they are not part of the model).
+adapter (they are not part of the model). Under DDP the heads' gradients and accuracies are averaged over the
+processes, so every process holds the same heads and the same B_m.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class CGGMRecipe(Recipe):
     needs_label_space = True
     description = "Gradient magnitudes steered by how fast per-modality classifier heads improve, plus a " \
                   "direction term."
+    refused_because = ("it scales each modality's step between backward and the optimizer step, which DeepSpeed's "
+                       "engine fuses, and no GPU run has tested it under FSDP")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -95,17 +98,22 @@ class CGGMRecipe(Recipe):
         hidden = out.hidden_states[cfg.layer].detach().float()
         image_mask = inputs["input_ids"] == self.trainer.mbias_adapter.image_token_id
         pooled = {"vision": _pool(hidden, image_mask), "language": _pool(hidden, inputs["mb_question_mask"])}
-        emb = model.get_output_embeddings().weight.detach().float()[inputs["mb_choice_tokens"]]  # [B, C, D]
+        out_emb = self.trainer.accelerator.unwrap_model(model).get_output_embeddings()  # DDP hides the method
+        emb = out_emb.weight.detach().float()[inputs["mb_choice_tokens"]]  # [B, C, D]
         gold, valid = inputs["mb_gold"], inputs["mb_choice_valid"]
-        head_loss, acc, u = 0.0, {}, {}
+        head_loss, hits, u = 0.0, [], {}
         for m, head in self.heads.items():
             u[m] = head(pooled[m])
             z = torch.einsum("bd,bcd->bc", u[m], emb).masked_fill(~valid, float("-inf"))
             head_loss = head_loss + F.cross_entropy(z, gold)
-            acc[m] = float((z.argmax(-1) == gold).float().mean())
+            hits.append((z.argmax(-1) == gold).float().mean())
         self.head_opt.zero_grad(set_to_none=True)
         head_loss.backward()
+        for p in self.heads.parameters():  # the heads are outside the DDP-wrapped model: average them here
+            p.grad = self.over_processes(p.grad)
         self.head_opt.step()
+        # the whole batch's accuracies, so that every process scales its gradients by the same B_m
+        acc = dict(zip(self.heads, self.over_processes(torch.stack(hits)).tolist(), strict=True))
 
         delta = {m: acc[m] - self.prev_acc[m] for m in acc}
         self.prev_acc = acc

@@ -13,7 +13,8 @@ question type).
 
 Departures: the paper's gate reads the main model's hidden layer with gradient; here the hidden state is detached
 (the gate cannot reshape the model's representation to switch the expert on or off) and the gate has its own AdamW
-optimizer (``gate_lr``), stepped with every micro-batch. The gate is not saved with the adapter: it is not part of
+optimizer (``gate_lr``), stepped with every micro-batch (under DDP on the gradient averaged over processes, so
+every process keeps the same gate). The gate is not saved with the adapter: it is not part of
 the model. Answer spaces as in ``poe``; in ``tokens`` space one gate value per example scales every answer token's
 bias distribution.
 """
@@ -90,6 +91,8 @@ class LMHRecipe(BiasExpertRecipe):
         loss = nll.mean() + self.config.entropy_weight * entropy.mean()
         self.gate_opt.zero_grad(set_to_none=True)
         self.backward(loss)
+        for p in self.gate.parameters():  # DDP averages the model's gradients, not the gate's
+            p.grad = self.over_processes(p.grad)
         self.gate_opt.step()
         return loss.detach(), {"loss/mixin": float(nll.detach().mean()), "loss/entropy": float(entropy.detach().mean()),
                                "lmh/gate": float(gate.detach().mean()),

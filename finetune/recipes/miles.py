@@ -84,14 +84,16 @@ class MILESRecipe(Recipe):
         model.eval()
         data = EncodedDataset(t.mbias_adapter, t.mbias_eval_examples)
         collate = RecipeCollator(t.mbias_adapter, unimodal=True, label_space=True)
-        totals = dict.fromkeys((FULL, IMAGE_MASKED, QUESTION_MASKED), 0.0)
-        for start in range(0, len(data), 64):
+        variants = (FULL, IMAGE_MASKED, QUESTION_MASKED)
+        totals = torch.zeros(len(variants), device=t.args.device)
+        # under DDP each process measures every num_processes-th batch of 64 and the counts are summed
+        acc = t.accelerator
+        for start in range(64 * acc.process_index, len(data), 64 * acc.num_processes):
             batch = t._prepare_inputs(collate([data[i] for i in range(start, min(len(data), start + 64))]))
-            vals = variant_values(model, batch, "accuracy", tuple(totals))
-            for k in totals:
-                totals[k] += float(vals[k].sum())
+            vals = variant_values(model, batch, "accuracy", variants)
+            totals += torch.stack([vals[k].sum() for k in variants]).to(totals.device)
         model.train(was_training)
-        m = {k: v / len(data) for k, v in totals.items()}
+        m = dict(zip(variants, (self.over_processes(totals, "sum") / len(data)).tolist(), strict=True))
         u_img, u_txt = utilisation(m[FULL], m[IMAGE_MASKED], m[QUESTION_MASKED])
         self.factors = lr_factors(u_img, u_txt, self.config.tau, self.config.mu)
         self.apply()

@@ -11,6 +11,11 @@ Only trainable (LoRA) parameters are perturbed, and the perturbation is undone b
 Cost per step: the three ablated variants in one stacked no-grad forward pass, one forward pass with two backward
 passes (L_s and L_d at theta), and a forward/backward pass at theta + eps; ``direction="previous"`` takes eps from
 the previous step's perturbed gradient and saves one backward pass.
+
+Under DDP the perturbation follows the gradient averaged over processes (DDP averages only the first backward
+after a forward, so the second is averaged here), and every process perturbs its replica the same way: the step
+equals the single-process step on the whole batch. Sharded launchers are refused: eps needs whole gradients and
+perturbs whole weights, which FSDP and DeepSpeed hold in shards.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class MSAMRecipe(Recipe):
     config_class = MSAMConfig
     needs_unimodal = True
     description = "SAM on the dominant modality's share of the loss, with per-sample modality Shapley weights."
+    refused_because = "it perturbs whole weights along the global gradient norm, and FSDP and DeepSpeed shard both"
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -90,11 +96,15 @@ class MSAMRecipe(Recipe):
         loss_sub = ((1 - w_dom) * per_sample).sum() / n
 
         fresh = cfg.direction == "fresh" or self.last_direction is None
+        sync = self.trainer.accelerator.sync_gradients
+        if sync and self.trainer.args.gradient_accumulation_steps > 1:
+            previous = [self.over_processes(g) for g in previous]  # earlier micro-batches ran without DDP's sync
         self.backward(loss_sub, retain_graph=fresh)
         g_sub = self._grads(params)
         if fresh:
             self.backward(loss_dom)
-            g_dom = self._grads(params)
+            # DDP averages the first backward after a forward only: the perturbation needs the whole batch's
+            g_dom = [self.over_processes(g) for g in self._grads(params)]
         else:
             g_dom = self.last_direction
         with torch.no_grad():
@@ -115,8 +125,8 @@ class MSAMRecipe(Recipe):
                 for p, o in zip(params, originals, strict=True):
                     p.copy_(o)
         g_sharp = self._grads(params)
-        if cfg.direction == "previous":
-            self.last_direction = g_sharp
+        if cfg.direction == "previous":  # every process must perturb along the same direction next step
+            self.last_direction = g_sharp if sync else [self.over_processes(g) for g in g_sharp]
         for p, prev, gs, gd in zip(params, previous, g_sub, g_sharp, strict=True):
             p.grad = prev + gs + gd
         loss = (loss_dom + loss_sub).detach()

@@ -9,6 +9,8 @@ Released code vs paper: the code uses offset 0 (k jumps to 1 - tanh(alpha) just 
 the code used offset 1) and adds the noise to both modalities' gradients whenever modulation is on. Both are
 options here (``offset``, ``noise``); the defaults follow the released code. In a decoder MLLM the "encoders" are
 the modality parameter groups: vision = vision-side LoRA (projector, vision tower), language = the LLM's LoRA.
+Under DDP the scores are summed over the processes (the whole batch's, as in one process); the noise is the same
+draw on every process, scaled by each process's own gradient's std (one process: the whole batch's).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class OGMGERecipe(Recipe):
     config_class = OGMGEConfig
     needs_unimodal = True
     description = "The dominant modality's gradients scaled down by its unimodal confidence ratio, plus noise."
+    refused_because = ("it scales each modality's step between backward and the optimizer step, which DeepSpeed's "
+                       "engine fuses, and no GPU run has tested it under FSDP")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -65,8 +69,9 @@ class OGMGERecipe(Recipe):
     def training_step(self, model, inputs):
         cfg = self.config
         with torch.no_grad():
-            s_img = float(answer_forward(model, inputs, QUESTION_MASKED)[0].exp().sum())
-            s_txt = float(answer_forward(model, inputs, IMAGE_MASKED)[0].exp().sum())
+            scores = torch.stack([answer_forward(model, inputs, QUESTION_MASKED)[0].exp().sum(),
+                                  answer_forward(model, inputs, IMAGE_MASKED)[0].exp().sum()])
+        s_img, s_txt = self.over_processes(scores, "sum").tolist()  # over the whole batch, under DDP too
         step = self.trainer.state.global_step
         active = step >= cfg.start_step and (cfg.end_step is None or step <= cfg.end_step)
         dominant = "vision" if s_img > s_txt else "language"

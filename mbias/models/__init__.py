@@ -15,7 +15,7 @@ _EXPORTS = {
     "FAMILIES": "mbias.models.families",
     "adapter_class_for": "mbias.models.families",
     "supported_families": "mbias.models.families",
-    "LoadOptions": "mbias.models.loading",
+    "LoadOptions": "mbias.models.config",
     "load_adapter": "mbias.models.loading",
     "resolve_model_ref": "mbias.models.loading",
 }

@@ -84,6 +84,13 @@ class ModelAdapter(ScoringMixin):
     # preparing an example
     @property
     def device(self) -> torch.device:
+        """Where inputs go. A model split by a device map has offloaded weights on the meta device; accelerate's
+        hooks run every layer on its map's main device (the first GPU in the map, else the CPU) and move
+        activations between devices, so inputs go there."""
+        placed = getattr(self.model, "hf_device_map", None)
+        if placed:
+            gpus = [d for d in placed.values() if d not in ("cpu", "disk")]
+            return torch.device(gpus[0] if gpus else "cpu")
         return next(self.model.parameters()).device
 
     def _image_token_id(self) -> int:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from mbias.errors import ModelLoadError
+from mbias.errors import ConfigError, ModelLoadError
 from mbias.models.base import ModelAdapter
-from mbias.models.config import AdapterConfig
+from mbias.models.config import DEVICE_MAP_STRATEGIES, AdapterConfig, LoadOptions
 from mbias.models.families import adapter_class_for, supported_families
 
 logger = logging.getLogger(__name__)
@@ -60,30 +61,25 @@ def pick_dtype(dtype: str, device):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
-def load_adapter(
-    model_ref: str,
-    *,
-    adapter: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    load_in_4bit: bool = False,
-    load_in_8bit: bool = False,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-    config: AdapterConfig | None = None,
-    is_trainable: bool = False,
-) -> ModelAdapter:
-    """Load processor + model (+ optional PEFT adapter) and wrap them in the family's adapter."""
+def load_adapter(model_ref: str, options: LoadOptions | None = None, *, config: AdapterConfig | None = None,
+                 is_trainable: bool = False, **fields) -> ModelAdapter:
+    """Load processor + model (+ optional PEFT adapter) and wrap them in the family's adapter.
+
+    ``options`` says how (``LoadOptions``); ``fields`` override some of them, for scripts:
+    ``load_adapter(ref, device="cpu")``. With ``device_map`` the model is split by accelerate's big-model
+    inference (GPUs, then CPU, then the offload folder); its hooks move activations between devices, so the
+    adapter feeds every input to the main device and scores equal the single-device path's.
+    """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    opts = dataclasses.replace(options or LoadOptions(), **fields)  # replace re-validates the merged options
     path = resolve_model_ref(model_ref)
-    common = {"trust_remote_code": trust_remote_code, "revision": revision}
+    common = {"trust_remote_code": opts.trust_remote_code, "revision": opts.revision}
     try:
         hf_config = AutoConfig.from_pretrained(path, **common)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load a model config for {model_ref!r} ({first}); check the id or path, "
-                             "and note that nothing can be downloaded when offline") from None
+        raise ModelLoadError(f"could not load a model config for {model_ref!r} ({_first_line(exc)}); check the id "
+                             "or path, and note that nothing can be downloaded when offline") from None
     model_type = getattr(hf_config, "model_type", "?")
     cls = adapter_class_for(model_type)
     if cls is None:
@@ -95,55 +91,143 @@ def load_adapter(
         logger.warning("%s is a %s model: no dedicated adapter, using the generic path (image tokens assumed "
                        "to form a square row-major grid)", model_ref, model_type)
 
-    dev = pick_device(device)
-    torch_dtype = pick_dtype(dtype, dev)
-    kwargs = dict(common, dtype=torch_dtype)
-    if load_in_4bit or load_in_8bit:
+    dev = pick_device(opts.device)
+    torch_dtype = pick_dtype(opts.dtype, dev)
+    kwargs = dict(common, dtype=torch_dtype, **_placement(opts))
+    if opts.load_in_4bit or opts.load_in_8bit:
         if dev.type != "cuda":
             raise ModelLoadError("--load-in-4bit/--load-in-8bit need a CUDA GPU (bitsandbytes); drop the flag "
                                  "on CPU")
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit, bnb_4bit_compute_dtype=torch_dtype,
+            load_in_4bit=opts.load_in_4bit, load_in_8bit=opts.load_in_8bit, bnb_4bit_compute_dtype=torch_dtype,
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=["vision_tower", "vision_model", "visual", "multi_modal_projector",
                                    "connector", "lm_head"],
         )
-        kwargs["device_map"] = {"": dev.index or 0}
+        kwargs.setdefault("device_map", {"": dev.index or 0})
     try:
         processor = AutoProcessor.from_pretrained(path, **common)
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except (OSError, ValueError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load {model_ref!r} as an image-text model ({first})") from None
-    if "quantization_config" not in kwargs:
+        raise ModelLoadError(f"could not load {model_ref!r} as an image-text model ({_first_line(exc)})") from None
+    if "device_map" not in kwargs:
         model.to(dev)
     if not hasattr(model, "get_image_features"):
         raise ModelLoadError(f"{model_ref!r} ({type(model).__name__}) has no get_image_features; supported: "
                              f"{supported_families()}")
-    if adapter:
-        model = _attach_peft(model, adapter, is_trainable)
+    if opts.adapter:
+        if "disk" in getattr(model, "hf_device_map", {}).values():
+            # peft re-dispatches an offloaded model itself and, for disk, rewrites the checkpoint under module names
+            # that transformers 5's image-text models do not share: it fails deep inside
+            raise ModelLoadError("peft cannot attach an adapter to a model with layers offloaded to disk; give "
+                                 "--max-memory room for the whole model on GPUs and CPU, or merge the adapter into "
+                                 "the weights first (PeftModel.merge_and_unload + save_pretrained)")
+        peft_model = attach_peft(model, opts.adapter, is_trainable=is_trainable)
+        # LoRA layers live inside the base model's modules, so the unwrapped model scores with the adapter applied
+        model = peft_model.get_base_model()
+        if hasattr(peft_model, "hf_device_map"):  # peft re-dispatched a CPU-offloaded model on its own map
+            model.hf_device_map = peft_model.hf_device_map
     model.eval()
     out = cls(model, processor, model_id=model_ref, config=config)
     out.model_path = path
-    out.adapter_path = adapter
+    out.adapter_path = opts.adapter
     return out
 
 
-def _attach_peft(model, adapter: str, is_trainable: bool):
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _device_map(opts: LoadOptions) -> str | dict:
+    """A placement strategy's name, or the {module: device} map of a map file."""
+    if isinstance(opts.device_map, dict) or opts.device_map in DEVICE_MAP_STRATEGIES:
+        return opts.device_map
+    try:
+        placed = json.loads(Path(opts.device_map).expanduser().read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not read the device map {opts.device_map} ({_first_line(exc)})") from None
+    if not isinstance(placed, dict):
+        raise ModelLoadError(f"{opts.device_map}: a device map is a JSON object {{module name: device}}")
+    return placed
+
+
+def _placement(opts: LoadOptions) -> dict:
+    """``from_pretrained`` keywords that split the model with accelerate (none without a device map)."""
+    if opts.device_map is None:
+        return {}
+    out = {"device_map": _device_map(opts)}
+    if opts.max_memory:  # accelerate reads a bare number as bytes only when it is an int
+        out["max_memory"] = {int(k) if k.isdigit() else k: int(v) if v.isdigit() else v
+                             for k, v in opts.max_memory.items()}
+    if opts.offload_folder:
+        out["offload_folder"] = str(Path(opts.offload_folder).expanduser())
+    return out
+
+
+def for_process(opts: LoadOptions, state) -> LoadOptions:
+    """The options one of several data-parallel processes (accelerate's ``state``) loads with.
+
+    Without a device map: the process's own device. With one: the process's own slice of this node's GPUs
+    (``n_gpus // processes per node`` of them, by local rank), so 8 GPUs under 2 processes are two 4-GPU shards.
+    GPU ``i`` in ``--max-memory`` or in a map file means the ``i``-th GPU of the slice; without GPU sizes each gets
+    what accelerate measures free, and the CPU budget is split between the node's processes. Each process
+    offloads into its own subfolder.
+    """
+    if opts.device_map is None:
+        return dataclasses.replace(opts, device=str(state.device))
+    import torch
+
+    n_gpus = torch.cuda.device_count()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
+    offload = str(Path(opts.offload_folder) / f"rank{state.process_index}") if opts.offload_folder else None
+    if n_gpus == 0:
+        return dataclasses.replace(opts, offload_folder=offload)
+    per = n_gpus // local
+    if per == 0:
+        raise ConfigError(f"{local} processes per node with a device map each need at least {local} GPUs; this node "
+                          f"has {n_gpus}: start fewer processes (accelerate launch --num_processes)")
+    first = state.local_process_index * per
+
+    def shard_gpu(i: int, where: str) -> int:
+        if not 0 <= i < per:
+            raise ConfigError(f"{where} names GPU {i}, but each of the {local} processes on this node has {per} "
+                              f"GPUs (0-{per - 1}, its slice of the node's {n_gpus})")
+        return first + i
+
+    placed = _device_map(opts)
+    if isinstance(placed, dict):
+        placed = {m: shard_gpu(d, "the device map") if isinstance(d, int) else d for m, d in placed.items()}
+        return dataclasses.replace(opts, device_map=placed, offload_folder=offload)
+    memory = {str(shard_gpu(int(k), "--max-memory")): v for k, v in opts.max_memory.items() if k.isdigit()}
+    if not memory:
+        from accelerate.utils import get_max_memory
+
+        free = get_max_memory()
+        memory = {str(g): str(free[g]) for g in range(first, first + per)}
+    if "cpu" in opts.max_memory:
+        memory["cpu"] = opts.max_memory["cpu"]
+    else:
+        import psutil
+
+        memory["cpu"] = str(psutil.virtual_memory().available // local)
+    return dataclasses.replace(opts, max_memory=memory, offload_folder=offload)
+
+
+def attach_peft(model, adapter: str, *, is_trainable: bool = False):
+    """``PeftModel.from_pretrained`` with one-line errors; the one way both audits and fine-tuning attach a saved
+    adapter (fine-tuning keeps the PeftModel, audits score with its base model)."""
     from peft import PeftModel
 
     apath = Path(adapter).expanduser()
     if apath.exists() and not (apath / "adapter_config.json").exists():
         raise ModelLoadError(f"{adapter} has no adapter_config.json; pass the folder a PEFT adapter was saved to")
     try:
-        peft_model = PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter,
-                                               is_trainable=is_trainable)
+        return PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter, is_trainable=is_trainable)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"could not load adapter {adapter!r}: {str(exc).splitlines()[0]}") from None
-    # LoRA layers live inside the base model's modules, so the unwrapped model scores with the adapter applied.
-    return peft_model.get_base_model()
+        raise ModelLoadError(f"could not load adapter {adapter!r}: {_first_line(exc)}") from None
 
 
 def adapter_record(adapter: str | None) -> dict | None:
@@ -163,27 +247,3 @@ def adapter_record(adapter: str | None) -> dict | None:
             continue
         record.update({ours: info[theirs] for theirs, ours in fields.items() if info.get(theirs) is not None})
     return record
-
-
-@dataclass
-class LoadOptions:
-    """How to load a model: the CLI's model flags, shared by audit and finetune."""
-
-    adapter: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
-    revision: str | None = None
-
-    @classmethod
-    def from_args(cls, args) -> LoadOptions:
-        return cls(adapter=args.adapter, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit,
-                   load_in_8bit=args.load_in_8bit, trust_remote_code=args.trust_remote_code, revision=args.revision)
-
-    def load(self, model_ref: str, *, config: AdapterConfig | None = None, device: str | None = None,
-             with_adapter: bool = True) -> ModelAdapter:
-        return load_adapter(model_ref, adapter=self.adapter if with_adapter else None, device=device or self.device,
-                            dtype=self.dtype, load_in_4bit=self.load_in_4bit, load_in_8bit=self.load_in_8bit,
-                            trust_remote_code=self.trust_remote_code, revision=self.revision, config=config)
