@@ -199,7 +199,7 @@ def qlora_steps(model_dir: Path, device: str, quant: bool, recipe: str, steps: i
     shutil.rmtree(out, ignore_errors=True)
     run_finetune(str(model_dir), "synth:shapes-p90/train", out, progress=False, load=LoadOptions(
         device=device, dtype="bfloat16" if torch.device(device).type == "cuda" else "float32", load_in_4bit=quant),
-        config=FinetuneConfig(recipe=recipe, max_steps=steps, batch_size=4, max_train_samples=32, eval_samples=16,
+        config=FinetuneConfig(recipe=recipe, max_steps=steps, per_device_train_batch_size=4, max_train_samples=32, eval_samples=16,
                               lora_r=16, recipe_config={"every_steps": 2} if recipe == "miles" else {}))
     log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
     times = [e["time"] for e in log]

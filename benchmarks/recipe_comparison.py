@@ -172,7 +172,8 @@ def train_and_evaluate(name, recipe, config, base_seed, args, evaluator, tag) ->
     if saved and saved["key"] == key:
         return saved["result"], saved["seconds_per_step"]
     run_finetune(base, data, out, progress=False, config=FinetuneConfig(
-        recipe=recipe, max_steps=args.steps, lr=args.lr, batch_size=32, seed=base_seed, recipe_config=rc, **ft))
+        recipe=recipe, max_steps=args.steps, learning_rate=args.lr, per_device_train_batch_size=32, seed=base_seed,
+        recipe_config=rc, **ft))
     sps = json.loads((out / "recipe.json").read_text())["seconds_per_step"]
     result = evaluator(base, out)
     cached.write_text(json.dumps({"key": key, "seconds_per_step": sps, "result": result}))

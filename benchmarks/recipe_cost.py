@@ -38,7 +38,8 @@ def _train(recipe: str, recipe_config: dict, steps: int, out: str, queue) -> Non
     from mbias.finetune.run import run_finetune
 
     run_finetune("zoo:shapes-p90", "synth:shapes-p90/train", out, progress=False, config=FinetuneConfig(
-        recipe=recipe, max_steps=steps, batch_size=32, lr=1e-3, seed=0, recipe_config=recipe_config))
+        recipe=recipe, max_steps=steps, per_device_train_batch_size=32, learning_rate=1e-3, seed=0,
+        recipe_config=recipe_config))
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # MiB (Linux reports KiB)
 
 

@@ -1,67 +1,125 @@
-"""Fine-tuning settings shared by every recipe (the recipe's own settings live in its config class)."""
+"""Fine-tuning settings: transformers' own ``TrainingArguments`` (trl's ``SFTConfig`` pattern), plus what mbias adds.
+
+Every Trainer setting exists as it does in transformers (bf16, gradient checkpointing, ``report_to``, save and
+eval strategies, the optimizer, schedules, ...), under its transformers name, as a ``mbias finetune`` flag and a
+YAML key. mbias adds the recipe and its settings, what is trained (LoRA targets, or every parameter), and data
+options; a few Trainer defaults differ (below). The recipe's own settings live in its config class.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+from transformers import TrainingArguments
 
 from mbias.config import check_number
 from mbias.errors import ConfigError
 from mbias.records import parse_columns
 
+logger = logging.getLogger(__name__)
+
 LORA_SIDES = ("language", "projector", "vision")
+TUNES = ("lora", "full")
+# names mbias used before its settings became TrainingArguments: still read from YAML files, with a warning
+RENAMED = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+           "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate", "warmup_ratio": "warmup_steps"}
 
 
 @dataclass
-class FinetuneConfig:
-    recipe: str = field(default="lora", metadata={"help": "lora | poe | lmh | mdpo | msam | miles | mnl | cggm | ogm_ge "
-                                                           "(docs/recipes.md: which when)"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training data (ignored with max_steps)"})
-    max_steps: int | None = field(default=None, metadata={"help": "optimizer steps; overrides epochs"})
-    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
-    batch_size: int = field(default=32, metadata={"help": "examples per device per step"})
-    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    lr: float = field(default=2e-4, metadata={"help": "peak learning rate (linear warm-up, then linear decay)"})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of steps spent warming up"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping, 0: off (CGGM uses its own)"})
+class FinetuneConfig(TrainingArguments):
+    recipe: str = field(default="lora", metadata={
+        "help": "lora | poe | lmh | mdpo | msam | miles | mnl | cggm | ogm_ge (docs/recipes.md: which when)"})
+    recipe_config: dict | str = field(default_factory=dict, metadata={
+        "help": "the recipe's own settings (a YAML mapping; in a --config file, a mapping under recipe_config:)"})
+    tune: str = field(default="lora", metadata={
+        "help": "lora: train LoRA adapters on lora_targets (the output is a PEFT adapter); full: train every "
+                "parameter (the output is a model folder; for a base that has not learned yet, e.g. zoo:scratch)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     lora_targets: list[str] = field(default_factory=lambda: ["language", "projector"], metadata={
         "help": "where LoRA goes: language (the LLM's linear layers), projector, vision (the vision tower; off "
                 "by default). The projector is the vision side the balancing recipes can steer"})
-    seed: int = field(default=0, metadata={"help": "seed for LoRA init, data order and recipe randomness"})
-    columns: dict[str, str] = field(default_factory=dict, metadata={
+    max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    columns: dict | str = field(default_factory=dict, metadata={
         "help": "dataset columns under other names, e.g. answer=multiple_choice_answer,question=text (applies "
                 "to eval_data too; see docs/datasets.md)"})
     eval_data: str | None = field(default=None, metadata={
         "help": "held-out data (MILES reads utilisation rates on it); default: the val split of synth data"})
     eval_samples: int = field(default=200, metadata={"help": "held-out examples per utilisation measurement"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: only at the end)"})
-    logging_steps: int = field(default=10, metadata={"help": "console log interval (training_log.jsonl logs "
+
+    # Trainer settings whose defaults differ from transformers' (a short LoRA run on a small dataset)
+    num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the training data (unless "
+                                                                   "max_steps > 0)"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "examples per device per step"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate (linear warm-up, then the "
+                                                                 "scheduler's decay)"})
+    warmup_steps: float = field(default=0.05, metadata={"help": "warm-up steps, or a share of all steps if < 1"})
+    logging_steps: float = field(default=10, metadata={"help": "console log interval (training_log.jsonl logs "
                                                                "every step)"})
-    recipe_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "the recipe's own settings"})
+    save_strategy: str = field(default="no", metadata={"help": "no (only the final adapter) | steps | epoch; "
+                                                               "checkpoints go to OUT/checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seed for the LoRA init, data order and recipe randomness"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: recipes read extra batch "
+                                                                         "fields"})
 
     def __post_init__(self):
+        if self.tune not in TUNES:
+            raise ConfigError(f"tune must be lora or full, not {self.tune!r}")
         bad = set(self.lora_targets) - set(LORA_SIDES)
         if bad or not self.lora_targets:
             raise ConfigError(f"lora_targets must be a non-empty subset of {', '.join(LORA_SIDES)}; got "
                               f"{self.lora_targets}")
+        if isinstance(self.recipe_config, str):
+            import yaml
+
+            self.recipe_config = yaml.safe_load(self.recipe_config) or {}
+        if not isinstance(self.recipe_config, dict):
+            raise ConfigError(f"recipe_config must be a mapping of the recipe's settings; got {self.recipe_config!r}")
         self.columns = parse_columns(self.columns)
-        check_number(self, "epochs", gt=0)
-        for name in ("max_steps", "max_train_samples"):
-            check_number(self, name, integer=True, ge=1, optional=True)
-        for name in ("batch_size", "grad_accum", "lora_r", "lora_alpha", "eval_samples", "logging_steps"):
+        check_number(self, "num_train_epochs", gt=0)
+        check_number(self, "max_train_samples", integer=True, ge=1, optional=True)
+        check_number(self, "max_steps", integer=True, ge=-1)
+        if self.max_steps == 0:
+            raise ConfigError("FinetuneConfig.max_steps must be >= 1, or -1 (the epochs decide); got 0")
+        check_number(self, "save_steps", gt=0)
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
+                     "eval_samples"):
             check_number(self, name, integer=True, ge=1)
-        check_number(self, "lr", gt=0)
-        check_number(self, "warmup_ratio", ge=0, le=1)
+        check_number(self, "learning_rate", gt=0)
+        check_number(self, "warmup_steps", ge=0)
+        check_number(self, "logging_steps", gt=0)
         check_number(self, "weight_decay", ge=0)
         check_number(self, "max_grad_norm", ge=0)
         check_number(self, "lora_dropout", ge=0, lt=1)
         check_number(self, "seed", integer=True, ge=0)
-        check_number(self, "save_steps", integer=True, ge=0)
+        super().__post_init__()
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def mbias_dict(self) -> dict:
+        """The settings a user chose that shape the run (for recipe.json): mbias's own fields and every Trainer
+        field that differs from transformers' default."""
+        base = {f.name: f.default for f in dataclasses.fields(TrainingArguments)
+                if f.default is not dataclasses.MISSING}
+        out = {}
+        for f in dataclasses.fields(self):
+            if not f.init:
+                continue
+            value = getattr(self, f.name)
+            if f.name not in base or base[f.name] != value:
+                out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
+        return out
+
+
+def renamed_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with settings under their pre-TrainingArguments names moved to the new ones (with a warning)."""
+    out = dict(values)
+    for old, new in RENAMED.items():
+        if old in out:
+            logger.warning("%s: %r is now %r (transformers' name); please rename it", where, old, new)
+            if new in out:
+                raise ConfigError(f"{where}: both {old!r} and its new name {new!r} are set; keep {new!r}")
+            out[new] = out.pop(old)
+    return out

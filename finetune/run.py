@@ -1,12 +1,16 @@
-"""``run_finetune``: data + model + recipe -> LoRA (PEFT) adapter, training_log.jsonl, recipe.json.
+"""``run_finetune``: data + model + recipe -> LoRA (PEFT) adapter or full model, training_log.jsonl, recipe.json.
 
-The output folder is a standard PEFT adapter (``PeftModel.from_pretrained(base, DIR)`` loads it), audited with
-``mbias audit --model M --adapter DIR``. Intermediate checkpoints go to ``DIR/checkpoints``; ``resume=True``
-continues from the newest one (recipe state included), along the same trajectory.
+With ``tune: lora`` (default) the output folder is a standard PEFT adapter (``PeftModel.from_pretrained(base,
+DIR)`` loads it), audited with ``mbias audit --model M --adapter DIR``; with ``tune: full`` every parameter trains
+and the folder is a model (``from_pretrained`` loads it), audited with ``mbias audit --model DIR``. Intermediate
+checkpoints go to ``DIR/checkpoints``; ``resume=True`` continues from the newest one (recipe state included),
+along the same trajectory. The settings are transformers' ``TrainingArguments`` (``FinetuneConfig`` extends them)
+and reach the Trainer as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -67,8 +71,11 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
     out = Path(out)
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)
+        if config.tune == "full":  # a model folder loads with its processor
+            trainer.mbias_adapter.processor.save_pretrained(out)
         steps = trainer.args.max_steps
-        record = {"recipe": config.recipe, "recipe_config": vars(trainer.recipe.config), "finetune": config.to_dict(),
+        record = {"recipe": config.recipe, "recipe_config": vars(trainer.recipe.config),
+                  "finetune": config.mbias_dict(),
                   "model": model, "data": data, "eval_data": trainer.mbias_eval_ref, "steps": steps,
                   "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, steps), 4),
                   "provenance": provenance(device=str(trainer.mbias_adapter.device))}
@@ -79,8 +86,6 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
 def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneConfig, load=None,
                   on_error: str = "stop", progress: bool = True, resume: bool = False):
     """Everything up to ``trainer.train()``: returns (trainer, the checkpoint to resume from or None)."""
-    from transformers import TrainingArguments
-
     from mbias.data import load_data
     from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
     from mbias.finetune.recipes import RECIPES
@@ -110,7 +115,16 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     if "disk" in placed or ("cpu" in placed and len(placed) > 1):
         raise ConfigError("fine-tuning cannot train layers offloaded to CPU or disk (the device map put some "
                           "there); give --max-memory room for the whole model on the GPUs, or add --load-in-4bit")
-    if load.adapter:  # continue training a saved adapter
+    if config.tune == "full":
+        if load.adapter or load.load_in_4bit or load.load_in_8bit:
+            raise ConfigError("tune: full trains every parameter of a full-precision model; drop --adapter and "
+                              "4/8-bit loading, or use tune: lora")
+        if recipe.uses_frozen_base:
+            raise ConfigError(f"recipe {config.recipe!r} compares with the model before fine-tuning (adapters "
+                              "disabled), which needs tune: lora")
+        peft_model = adapter.model
+        peft_model.requires_grad_(True)
+    elif load.adapter:  # continue training a saved adapter
         peft_model = attach_peft(adapter.model, load.adapter, is_trainable=True)
     else:
         peft_model = _lora_model(adapter, config, quantized=load.load_in_4bit or load.load_in_8bit)
@@ -120,26 +134,26 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
         f"{m}: {sum(1 for n in trainable if modality_of.get(n) == m)}" for m in ("vision", "language")))
 
     dataset = EncodedDataset(adapter, examples)
-    steps = config.max_steps or math.ceil(len(dataset) / (config.batch_size * config.grad_accum) * config.epochs)
+    per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    steps = config.max_steps if config.max_steps > 0 else math.ceil(len(dataset) / per_step * config.num_train_epochs)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
     resume_from = _latest_checkpoint(ckpt_dir) if resume else None
     if resume and resume_from is None:
-        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; train with save_steps > 0 to make some")
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; train with save_strategy: steps (and save_steps) "
+                          "to make some")
     log_path = out / "training_log.jsonl"
     if resume_from:
         _trim_log(log_path, int(resume_from.name.split("-")[-1]))
     elif log_path.exists():
         log_path.unlink()
-    args = TrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, max_steps=steps,
-        warmup_steps=int(config.warmup_ratio * steps), weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm, lr_scheduler_type="linear", logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
-        seed=config.seed, data_seed=config.seed, remove_unused_columns=False, report_to=[],
-        disable_tqdm=not progress, use_cpu=adapter.device.type == "cpu", dataloader_num_workers=0,
-    )
+    # the user's TrainingArguments, with what mbias decides: where checkpoints go, the step count, the device
+    # (a fresh instance: TrainingArguments sets up devices and processes from use_cpu when it is made)
+    args = dataclasses.replace(
+        config, output_dir=str(ckpt_dir), max_steps=steps,
+        data_seed=config.seed if config.data_seed is None else config.data_seed,
+        use_cpu=config.use_cpu or adapter.device.type == "cpu",
+        disable_tqdm=(not progress) if config.disable_tqdm is None else config.disable_tqdm)
     trainer = BalancedTrainer(
         model=peft_model, args=args, train_dataset=dataset,
         data_collator=RecipeCollator(adapter, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space,

@@ -30,27 +30,51 @@ class _ListProbes(argparse.Action):
         parser.exit()
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     from mbias.config import add_dataclass_args
     from mbias.models.config import LoadOptions
 
-    p.add_argument("--model", required=True, help="hub id, local model folder, or zoo:NAME")
+    p.add_argument("--model", required=required, help="hub id, local model folder, or zoo:NAME"
+                   + ("" if required else " (or model: in the --config file)"))
     add_dataclass_args(p.add_argument_group("loading and placement (docs/scaling.md)"), LoadOptions)
 
 
-def _add_common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset reference (see below)")
+def _add_common_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    p.add_argument("--data", required=data_required, help="dataset reference (see below)"
+                   + ("" if data_required else "; or data: in the --config file"))
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, help="run seed (default: 0, or the config file's)")
     p.add_argument("--config", help="YAML file with config fields (flags given here win)")
-    p.add_argument("--columns", help="dataset columns under other names: FIELD=COLUMN,... with FIELD among id, "
-                                     "image, question, answer, choices, category, image_key")
     p.add_argument("--on-error", choices=["stop", "skip"], default="stop",
                    help="bad records: stop before writing anything (default) or skip them with a count in the log")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    """Every field of ``FinetuneConfig``: mbias's own and all of transformers' ``TrainingArguments``, as
+    ``HfArgumentParser`` writes them. Defaults are left out of the parsed flags, so a --config file fills what the
+    command line does not say (flags win)."""
+    from transformers import HfArgumentParser
+
+    from mbias.finetune.config import RENAMED, FinetuneConfig
+
+    old_flags = {new: "--" + old.replace("_", "-") for old, new in RENAMED.items()}  # still accepted
+    hf = HfArgumentParser(FinetuneConfig, add_help=False)
+    group = p.add_argument_group("training (mbias's settings, then every transformers TrainingArguments field)")
+    for action in hf._actions:
+        if action.dest in ("output_dir",):  # --out names the output
+            continue
+        if action.dest in old_flags and action.option_strings:
+            action.option_strings = [*action.option_strings, old_flags[action.dest]]
+        action.default = argparse.SUPPRESS
+        if action.dest in ("recipe_config", "columns"):
+            action.type = str  # YAML / FIELD=COLUMN text, parsed by the config
+        group._group_actions.append(action)
+        p._add_action(action)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line. The fine-tuning flags (transformers' TrainingArguments) are added only when the command
+    is ``finetune``, so ``mbias --help`` and the other commands do not import transformers."""
     from mbias.config import add_dataclass_args
     from mbias.models.config import AdapterConfig
 
@@ -65,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(p)
     _add_common_run_args(p)
+    p.add_argument("--seed", type=int, help="run seed (default: 0, or the config file's)")
+    p.add_argument("--columns", help="dataset columns under other names: FIELD=COLUMN,... with FIELD among id, "
+                                     "image, question, answer, choices, category, image_key")
     p.add_argument("--probes", help="comma-separated probe names (default: the standard set; see --list-probes)")
     p.add_argument("--list-probes", action=_ListProbes, help="list the probes with their definitions and exit")
     p.add_argument("--max-samples", type=int, help="audit at most N samples")
@@ -79,19 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file or folder (default: inside DIR)")
     p.set_defaults(handler=_run_report)
 
-    p = sub.add_parser("finetune", help="LoRA fine-tune with a modality-balancing recipe",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_args(p)
-    _add_common_run_args(p)
-    p.add_argument("--recipe", help="lora | poe | lmh | mdpo | msam | miles | mnl | cggm | ogm_ge (default: lora; "
-                   "docs/recipes.md says which when)")
-    p.add_argument("--epochs", type=float, help="training epochs")
-    p.add_argument("--max-steps", type=int, help="training steps (overrides --epochs)")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--lora-r", type=int, help="LoRA rank")
-    p.add_argument("--batch-size", type=int, help="per-device batch size")
-    p.add_argument("--eval-data", help="held-out data (MILES reads utilisation rates on it)")
+    p = sub.add_parser("finetune", help="fine-tune (LoRA or every parameter) with a debiasing or balancing recipe",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    _add_model_args(p, required=False)
+    _add_common_run_args(p, data_required=False)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    if _command(argv) == "finetune":
+        _add_training_args(p)
     p.set_defaults(handler=_run_finetune)
 
     p = sub.add_parser("synth", help="export a built-in synthetic dataset as data.jsonl + PNG files")
@@ -185,8 +206,14 @@ def _run_env(args) -> int:
     return 0
 
 
+def _command(argv: list[str] | None) -> str | None:
+    """The subcommand named on the command line (the first argument that is not an option)."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()

@@ -53,8 +53,8 @@ def run_demo(args, say: Callable[[str], None] = logger.info) -> int:
     say(f"[3/4] fine-tuning it on {TRAIN_DATA} (the same biased data) with the {DEMO_RECIPE} recipe ({steps} LoRA "
         "steps): a product of experts with the answer counts per question wording, so the examples the wording "
         "already explains teach the model little and those it does not teach it to look")
-    config_ft = FinetuneConfig(recipe=DEMO_RECIPE, recipe_config=DEMO_RECIPE_CONFIG, max_steps=steps, batch_size=32,
-                               lr=1e-3)
+    config_ft = FinetuneConfig(recipe=DEMO_RECIPE, recipe_config=DEMO_RECIPE_CONFIG, max_steps=steps,
+                               per_device_train_batch_size=32, learning_rate=1e-3)
     adapter_dir = run_finetune(MODEL, TRAIN_DATA, out / "finetune", config=config_ft, progress=progress)
 
     say(f"[4/4] auditing the fine-tuned model on {AUDIT_DATA}")

@@ -110,7 +110,8 @@ def test_the_audited_adapter_is_named_in_every_output(tiny_llava, fast_config, t
     from mbias.finetune.run import run_finetune
 
     ft = run_finetune(tiny_llava, "synth:shapes-p90/train", tmp_path / "my-adapter", progress=False,
-                      config=FinetuneConfig(recipe="poe", max_steps=2, batch_size=4, max_train_samples=8))
+                      config=FinetuneConfig(recipe="poe", max_steps=2, per_device_train_batch_size=4,
+                                            max_train_samples=8))
     before, after = tmp_path / "before", tmp_path / "after"
     args = ("--max-samples", "3", "--config", fast_config, "--probes", "modality_shapley,conflict")
     assert _audit(tiny_llava, "synth:shapes-p90/test-cp", before, *args) == 0

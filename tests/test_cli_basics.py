@@ -135,19 +135,19 @@ def test_misspelt_config_field_is_an_error_with_a_suggestion():
 # --- bad settings and outputs are refused before any work, in one line, with exit code 2 -------------------------
 
 BAD_NUMBERS = [  # (config class, field, bad value, the valid range as the message states it)
-    ("mbias.finetune.config.FinetuneConfig", "lr", -1e-4, "a number > 0"),
-    ("mbias.finetune.config.FinetuneConfig", "lr", "2e-4", "a number > 0"),  # YAML reads 2e-4 as a string
+    ("mbias.finetune.config.FinetuneConfig", "learning_rate", -1e-4, "a number > 0"),
+    ("mbias.finetune.config.FinetuneConfig", "learning_rate", "2e-4", "a number > 0"),  # YAML reads 2e-4 as a string
     ("mbias.finetune.config.FinetuneConfig", "lora_r", 0, "an integer >= 1"),
     ("mbias.finetune.config.FinetuneConfig", "lora_alpha", 0, "an integer >= 1"),
     ("mbias.finetune.config.FinetuneConfig", "lora_dropout", 1.0, "a number in [0, 1)"),
-    ("mbias.finetune.config.FinetuneConfig", "max_steps", 0, "an integer >= 1 or unset"),
-    ("mbias.finetune.config.FinetuneConfig", "batch_size", 0, "an integer >= 1"),
-    ("mbias.finetune.config.FinetuneConfig", "grad_accum", 2.5, "an integer >= 1"),
+    ("mbias.finetune.config.FinetuneConfig", "max_steps", 0, ">= 1, or -1"),
+    ("mbias.finetune.config.FinetuneConfig", "per_device_train_batch_size", 0, "an integer >= 1"),
+    ("mbias.finetune.config.FinetuneConfig", "gradient_accumulation_steps", 2.5, "an integer >= 1"),
     ("mbias.finetune.config.FinetuneConfig", "max_train_samples", -5, "an integer >= 1 or unset"),
-    ("mbias.finetune.config.FinetuneConfig", "epochs", 0, "a number > 0"),
-    ("mbias.finetune.config.FinetuneConfig", "warmup_ratio", 1.5, "a number in [0, 1]"),
+    ("mbias.finetune.config.FinetuneConfig", "num_train_epochs", 0, "a number > 0"),
+    ("mbias.finetune.config.FinetuneConfig", "warmup_steps", -0.5, "a number >= 0"),
     ("mbias.finetune.config.FinetuneConfig", "eval_samples", 0, "an integer >= 1"),
-    ("mbias.finetune.config.FinetuneConfig", "save_steps", -1, "an integer >= 0"),
+    ("mbias.finetune.config.FinetuneConfig", "save_steps", -1, "a number > 0"),
     ("mbias.finetune.config.FinetuneConfig", "weight_decay", float("nan"), "a number >= 0"),
     ("mbias.finetune.config.FinetuneConfig", "max_grad_norm", -1.0, "a number >= 0"),
     ("mbias.finetune.config.FinetuneConfig", "seed", -1, "an integer >= 0"),
@@ -191,7 +191,7 @@ def _refused(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv,field", [
-    (["finetune", "--recipe", "lora", "--lr", "-1"], "FinetuneConfig.lr"),
+    (["finetune", "--recipe", "lora", "--lr", "-1"], "FinetuneConfig.learning_rate"),
     (["finetune", "--recipe", "lora", "--lora-r", "0"], "FinetuneConfig.lora_r"),
     (["audit", "--patch-grid", "0"], "AdapterConfig.patch_grid"),
     (["audit", "--max-samples", "0"], "AuditConfig.max_samples"),

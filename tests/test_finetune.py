@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from mbias.errors import ConfigError
 from mbias.finetune.config import FinetuneConfig
 from mbias.finetune.recipes import RECIPES
 from mbias.finetune.run import build_trainer, run_finetune
@@ -22,8 +23,8 @@ RECIPE_RUNS = [(name, {}) for name in RECIPES.names()] + [
 
 
 def _config(recipe, **kw):
-    base = dict(recipe=recipe, max_steps=2, batch_size=4, max_train_samples=16, eval_samples=8, lr=1e-2,
-                logging_steps=1, warmup_ratio=0.0)
+    base = dict(recipe=recipe, max_steps=2, per_device_train_batch_size=4, max_train_samples=16, eval_samples=8,
+                learning_rate=1e-2, logging_steps=1, warmup_steps=0.0)
     base.update(kw)
     return FinetuneConfig(**base)
 
@@ -97,7 +98,7 @@ def test_miles_moves_the_dominant_sides_learning_rate(tiny_model_dir, tmp_path):
     assert lr_factors(0.1, 0.6, tau=0.2, mu=0.5) == {"vision": 1.0, "language": 0.5}
     assert lr_factors(0.3, 0.2, tau=0.2, mu=0.5) == {"vision": 1.0, "language": 1.0}  # gap within tau
     assert lr_factors(-0.1, -0.3, tau=0.2, mu=0.5) == {"vision": 1.0, "language": 1.0}  # both negative
-    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "mi", config=_config("miles", lr=1e-3),
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "mi", config=_config("miles", learning_rate=1e-3),
                                progress=False)
     trainer.create_optimizer_and_scheduler(num_training_steps=2)
     recipe = trainer.recipe
@@ -117,7 +118,7 @@ def test_miles_moves_the_dominant_sides_learning_rate(tiny_model_dir, tmp_path):
 def test_resume_continues_the_same_trajectory(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    cfg = _config("cggm", max_steps=4, save_steps=2)
+    cfg = _config("cggm", max_steps=4, save_strategy="steps", save_steps=2)
     straight = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "straight", config=cfg, progress=False)
     from transformers import TrainerCallback
 
@@ -327,3 +328,61 @@ def test_open_ended_answers_train_in_token_space_and_tables_refuse(tiny_model_di
     with pytest.raises(DataError, match="multiple-choice"):
         build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "m",
                       config=_config("mdpo", recipe_config={"rejected_answer": "no_image"}), progress=False)
+
+
+# ---- the settings are transformers' TrainingArguments
+
+
+def test_finetune_help_lists_transformers_training_arguments(capsys):
+    from mbias.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in ("--gradient_checkpointing", "--lr_scheduler_type", "--report_to", "--bf16",
+                                         "--recipe", "--lora_targets", "--tune"))
+
+
+def test_gradient_checkpointing_and_report_to_none_on_cpu(tiny_model_dir, tmp_path):
+    from mbias.cli import main
+
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", tiny_model_dir("llava"), "--data", DATA, "--out", str(out), "--recipe", "poe",
+                 "--max-steps", "2", "--per-device-train-batch-size", "4", "--max-train-samples", "8",
+                 "--gradient-checkpointing", "--report-to", "none", "--no-progress"]) == 0
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["finetune"]["gradient_checkpointing"] is True and record["steps"] == 2
+
+
+def test_one_config_file_reproduces_a_run_and_old_keys_still_read(tiny_model_dir, tmp_path, caplog):
+    import yaml
+
+    from mbias.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": tiny_model_dir("llava"), "data": DATA, "recipe": "lora", "max_steps": 2,
+                                   "batch_size": 4, "lr": 1e-3, "max_train_samples": 8}))
+    assert main(["finetune", "--config", str(cfg), "--out", str(tmp_path / "ft"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "ft" / "recipe.json").read_text())
+    assert record["finetune"]["per_device_train_batch_size"] == 4 and record["finetune"]["learning_rate"] == 1e-3
+    assert "'lr' is now 'learning_rate'" in caplog.text
+
+
+def test_full_tuning_trains_every_parameter_and_writes_a_model_folder(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "full", progress=False,
+                               config=_config("ogm_ge", tune="full"))
+    model = trainer.model
+    assert all(p.requires_grad for p in model.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any(".vision_tower." in n for n in changed) and any("language_model" in n for n in changed)
+    out = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "full2", config=_config("lora", tune="full"),
+                       progress=False)
+    AutoModelForImageTextToText.from_pretrained(out)  # a model folder, with its processor beside it
+    assert (out / "preprocessor_config.json").exists() or (out / "processor_config.json").exists()
+    with pytest.raises(ConfigError, match="needs tune: lora"):
+        build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "x", config=_config("mdpo", tune="full"),
+                      progress=False)

@@ -229,8 +229,8 @@ def test_two_ddp_processes_train_the_adapter_of_one_process_with_the_doubled_bat
     import yaml
 
     cfg = tmp_path / "ft.yaml"
-    cfg.write_text(yaml.safe_dump({"recipe_config": settings, "grad_accum": grad_accum, "max_train_samples": 16,
-                                   "eval_samples": 8, "warmup_ratio": 0.0, "logging_steps": 1}))
+    cfg.write_text(yaml.safe_dump({"recipe_config": settings, "gradient_accumulation_steps": grad_accum, "max_train_samples": 16,
+                                   "eval_samples": 8, "warmup_steps": 0.0, "logging_steps": 1}))
     common = ["finetune", "--model", tiny_model_dir("llava"), "--data", DATA, "--recipe", recipe, "--max-steps", "2",
               "--lr", "1e-3", "--config", str(cfg), "--no-progress"]
     assert main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0

@@ -48,6 +48,7 @@ class Recipe:
     needs_label_space: ClassVar[bool] = False  # batches carry choice tokens; multiple-choice data only
     needs_no_image: ClassVar[bool] = False  # batches carry the prompts without image tokens (mb_noimage__*)
     image_baseline: ClassVar[str] = "blank"  # the image of the text-only variant (mb_blank__*)
+    uses_frozen_base: ClassVar[bool] = False  # compares with the model before fine-tuning (PEFT adapters disabled)
     description: ClassVar[str] = ""
     # Multi-process launchers the step is correct under (of "ddp", "fsdp", "deepspeed"; one process always works),
     # and why the others are refused. accelerate shards a model (FSDP, DeepSpeed) only on GPUs, so a recipe claims

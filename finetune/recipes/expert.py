@@ -15,6 +15,7 @@ class BiasExpertRecipe(Recipe):
         self.expert = BiasExpert(self.config, self.name)
         self.needs_no_image = self.config.bias_expert == "no_image"
         self.needs_unimodal = self.config.bias_expert == "masked_image"  # the blank image's pixels
+        self.uses_frozen_base = self.config.bias_expert != "prior_table"
 
     def bind_data(self, examples) -> None:
         self.expert.bind(examples)

@@ -80,6 +80,7 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
 class MDPORecipe(Recipe):
     config_class = MDPOConfig
     needs_unimodal = True  # the corrupted image's vision inputs travel as mb_blank__*
+    uses_frozen_base = True  # the reference
     description = "Conditional preference (mDPO): the gold answer is preferred with the real image over a " \
                   "corrupted one, against the model before fine-tuning, with an anchor."
 
