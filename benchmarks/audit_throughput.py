@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     from mbias.diagnose.config import AuditConfig, build_probes
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.probes import SampleContext
     from mbias.synth import load_synth
     from mbias.zoo import zoo_model_path
@@ -44,7 +44,7 @@ def main() -> None:
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - t0
 
-    adapter = load_adapter("zoo:shapes-p90", device="cpu")
+    adapter = load_model("zoo:shapes-p90", device="cpu")
     probes = build_probes(AuditConfig())
     ds = load_synth("shapes-p90/test-cp")
     per_probe = dict.fromkeys(probes, 0.0)

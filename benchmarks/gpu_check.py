@@ -136,7 +136,7 @@ class FlopCounter:
 def audit(model_dir: Path, device: str, n: int, quant: bool, placement: dict | None = None) -> dict:
     """Probes on ``n`` samples; ``placement``: LoadOptions' device_map / max_memory / offload_folder."""
     from mbias.diagnose.config import AuditConfig, build_probes
-    from mbias.models import AdapterConfig, LoadOptions, load_adapter
+    from mbias.models import LoadOptions, ScoringConfig, load_model
     from mbias.probes import SampleContext
     from mbias.synth import load_synth
 
@@ -146,7 +146,7 @@ def audit(model_dir: Path, device: str, n: int, quant: bool, placement: dict | N
     t0 = time.perf_counter()
     opts = LoadOptions(device="auto" if placement else device, dtype="bfloat16" if dev.type == "cuda" else "float32",
                        load_in_4bit=quant, **(placement or {}))
-    adapter = load_adapter(str(model_dir), opts, config=AdapterConfig(batch_size=64))
+    adapter = load_model(str(model_dir), opts, config=ScoringConfig(batch_size=64))
     load_s = time.perf_counter() - t0
     probes = build_probes(AuditConfig(probe_config={"mm_shap": {"n_permutations": 10}}))
     ds = load_synth("shapes-p90/test-cp")

@@ -93,11 +93,11 @@ def _predictions(adapter, examples, swap: bool = False) -> dict:
 
 
 def evaluate(base: str, adapter_dir: Path | None, n_eval: int, n_audit: int) -> dict:
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.probes import PROBES, SampleContext
     from mbias.synth import load_synth
 
-    adapter = load_adapter(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
+    adapter = load_model(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
     out = {}
     for split in SPLITS:
         ds = load_synth(f"shapes-p90/{split}")
@@ -118,9 +118,9 @@ def evaluate(base: str, adapter_dir: Path | None, n_eval: int, n_audit: int) -> 
 
 def evaluate_val(base: str, adapter_dir: Path | None, n: int) -> dict:
     from mbias.data import load_data
-    from mbias.models import load_adapter
+    from mbias.models import load_model
 
-    adapter = load_adapter(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
+    adapter = load_model(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
     return {name: _predictions(adapter, load_data(ref, max_samples=n).examples) for name, ref in VAL.items()}
 
 
@@ -131,10 +131,10 @@ def expert_quality(base: str, n: int) -> dict:
 
     from mbias.data import load_data
     from mbias.finetune.bias_expert import PriorTable
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.synth import load_synth
 
-    adapter = load_adapter(base, device="cpu")
+    adapter = load_model(base, device="cpu")
     table = PriorTable(load_data(TRAIN_DATA).examples, 0)
     out = {}
     for split in ("test-id", "test-cp"):

@@ -123,12 +123,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from mbias.captum_input import ImageTextInput
-    from mbias.models import AdapterConfig, load_adapter
+    from mbias.models import ScoringConfig, load_model
     from mbias.shapley import exact_shapley, permutation_shapley
     from mbias.synth import load_synth
 
     torch.set_num_threads(torch.get_num_threads())
-    adapters = {m: load_adapter("zoo:shapes-p90", device="cpu", config=AdapterConfig(masking=m, batch_size=256))
+    adapters = {m: load_model("zoo:shapes-p90", device="cpu", config=ScoringConfig(masking=m, batch_size=256))
                 for m in ("pixel", "feature")}
     ds = load_synth("shapes-p90/test-balanced")
     chosen = []

@@ -56,7 +56,7 @@ def main() -> None:
     from scipy.stats import spearmanr
 
     from mbias.display import fmt
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.probes import PROBES, SampleContext
     from mbias.synth import PRIORS, load_synth
     from mbias.zoo import build_zoo_model
@@ -66,7 +66,7 @@ def main() -> None:
     for key, prior in PRIORS.items():
         name = f"shapes-p{key}"
         t0 = time.perf_counter()
-        adapter = load_adapter(str(build_zoo_model(name, progress=False)), device="cpu")
+        adapter = load_model(str(build_zoo_model(name, progress=False)), device="cpu")
         row = {"model": f"zoo:{name} (faint existence objects)", "prior": prior,
                "build_or_load_seconds": round(time.perf_counter() - t0, 1)}
         splits = {split: load_synth(f"{name}/{split}") for split in ("test-id", "test-cp", "test-balanced")}

@@ -26,14 +26,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from mbias.display import fmt
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.probes import PROBES, SampleContext
     from mbias.probes.mm_shap import MMShapConfig
     from mbias.synth import PRIORS, load_synth
 
     rows = []
     for key, prior in PRIORS.items():
-        adapter = load_adapter(f"zoo:shapes-p{key}", device="cpu")
+        adapter = load_model(f"zoo:shapes-p{key}", device="cpu")
         ds = load_synth(f"shapes-p{key}/test-balanced")
         ms, mm = PROBES.get("modality_shapley")(), PROBES.get("mm_shap")(MMShapConfig(n_permutations=10))
         ms_recs, mm_recs, t0 = [], [], time.perf_counter()

@@ -53,7 +53,7 @@ def main() -> None:
 
     import torch
 
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.synth import load_synth
     from mbias.zoo.train import choice_accuracy
 
@@ -63,7 +63,7 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             path = build(seed, threads, default_threads)
             info = json.loads((path / "zoo.json").read_text())
-            adapter = load_adapter(str(path), device="cpu")
+            adapter = load_model(str(path), device="cpu")
             row = {"seed": seed, "threads": threads, "build_seconds": info["build_seconds"]}
             for split in ("test-cp", "test-balanced"):
                 ds = load_synth(f"shapes-p90/{split}")

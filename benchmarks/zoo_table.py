@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.synth import PRIORS, load_synth
     from mbias.zoo import build_zoo_model, model_dir, zoo_entry
     from mbias.zoo.train import choice_accuracy
@@ -41,7 +41,7 @@ def main() -> None:
         path = build_zoo_model(name, force=args.force, progress=False)
         wall = time.perf_counter() - t0
         info = json.loads((model_dir(zoo_entry(name)) / "zoo.json").read_text())
-        adapter = load_adapter(str(path), device="cpu")
+        adapter = load_model(str(path), device="cpu")
         row = {"model": f"zoo:{name}", "prior": PRIORS[key], "build_seconds": info["build_seconds"],
                "train_seconds": info["train_seconds"], "rebuilt_now": args.force, "wall_seconds": round(wall, 1)}
         for split in ("test-id", "test-cp", "test-balanced"):

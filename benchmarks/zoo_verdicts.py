@@ -35,13 +35,13 @@ def broken_model(kind: str) -> str:
     from PIL import Image
 
     from mbias.example import Example
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.synth import PHRASINGS
 
     folder = WORK / f"p90-{kind}"
     if (folder / "config.json").exists():
         return str(folder)
-    adapter = load_adapter("zoo:shapes-p90", device="cpu")
+    adapter = load_model("zoo:shapes-p90", device="cpu")
     with torch.no_grad():
         if kind == "blind":
             for part in adapter._parts(adapter.projector_modules):

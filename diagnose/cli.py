@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 from mbias.config import build_config, load_yaml, values_from_args
 from mbias.diagnose.config import AuditConfig
 from mbias.diagnose.runner import run_audit
-from mbias.models.config import AdapterConfig, LoadOptions
+from mbias.models.config import LoadOptions, ScoringConfig
+
+logger = logging.getLogger(__name__)
 
 
 def audit_config_from_args(args) -> AuditConfig:
     file_values = load_yaml(args.config) if args.config else {}
-    adapter_values = dict(file_values.pop("adapter", {}) or {})
-    adapter_values.update(values_from_args(args, AdapterConfig))
-    cli = {"adapter": build_config(AdapterConfig, adapter_values, where=args.config or "flags")}
+    if "adapter" in file_values:  # the section's name before "adapter" came to mean a PEFT adapter only
+        logger.warning("%s: the 'adapter:' section is now 'scoring:'; please rename it", args.config)
+        file_values.setdefault("scoring", file_values.pop("adapter"))
+    scoring_values = dict(file_values.pop("scoring", {}) or {})
+    scoring_values.update(values_from_args(args, ScoringConfig))
+    cli = {"scoring": build_config(ScoringConfig, scoring_values, where=args.config or "flags")}
     if args.probes:
         cli["probes"] = args.probes
     if args.max_samples is not None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from mbias.config import build_config, check_number
 from mbias.errors import ConfigError
-from mbias.models.config import AdapterConfig
+from mbias.models.config import ScoringConfig
 from mbias.records import parse_columns
 
 
@@ -33,13 +33,13 @@ class AuditConfig:
     columns: dict[str, str] = field(default_factory=dict, metadata={
         "help": "dataset columns under other names, e.g. answer=multiple_choice_answer,question=text (see "
                 "docs/datasets.md)"})
-    adapter: AdapterConfig = field(default_factory=AdapterConfig, metadata={"help": "masking and scoring"})
+    scoring: ScoringConfig = field(default_factory=ScoringConfig, metadata={"help": "masking and scoring"})
     probe_config: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-probe settings, e.g. {mm_shap: {n_permutations: 10}}"})
 
     def __post_init__(self):
-        if isinstance(self.adapter, dict):
-            self.adapter = build_config(AdapterConfig, self.adapter, where="adapter")
+        if isinstance(self.scoring, dict):
+            self.scoring = build_config(ScoringConfig, self.scoring, where="scoring")
         if isinstance(self.probes, str):
             self.probes = [p.strip() for p in self.probes.split(",") if p.strip()]
         if not self.probes:

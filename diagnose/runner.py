@@ -20,7 +20,7 @@ from mbias.diagnose import store
 from mbias.diagnose.aggregate import summarize
 from mbias.diagnose.config import AuditConfig, build_probes
 from mbias.errors import ConfigError, DataError
-from mbias.models.loading import LoadOptions, adapter_record, for_process, load_adapter
+from mbias.models.loading import LoadOptions, adapter_record, for_process, load_model
 from mbias.outdir import check_out_dir
 from mbias.probes.base import KEEP, SampleContext
 from mbias.provenance import provenance
@@ -87,7 +87,7 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     loaded = _load_examples(data, config, on_error, state)
     examples = loaded.examples
     fingerprint = config.fingerprint(model, load.adapter, data)
-    adapter = load_adapter(model, for_process(load, state) if state else load, config=config.adapter)
+    adapter = load_model(model, for_process(load, state) if state else load, config=config.scoring)
     if rank == 0:
         _prepare_folder(out, fingerprint, overwrite)
         manifest = {

@@ -90,7 +90,7 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
     from mbias.finetune.recipes import RECIPES
     from mbias.finetune.trainer import BalancedTrainer
-    from mbias.models import AdapterConfig, LoadOptions, load_adapter
+    from mbias.models import LoadOptions, ScoringConfig, load_model
     from mbias.models.loading import attach_peft
 
     load = load or LoadOptions()
@@ -110,7 +110,7 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     if eval_ref:
         eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples,
                                   columns=config.columns).examples
-    adapter = load_adapter(model, load, config=AdapterConfig(batch_size=64), adapter=None)
+    adapter = load_model(model, load, config=ScoringConfig(batch_size=64), adapter=None)
     placed = set(getattr(adapter.model, "hf_device_map", {}).values())
     if "disk" in placed or ("cpu" in placed and len(placed) > 1):
         raise ConfigError("fine-tuning cannot train layers offloaded to CPU or disk (the device map put some "

@@ -76,7 +76,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line. The fine-tuning flags (transformers' TrainingArguments) are added only when the command
     is ``finetune``, so ``mbias --help`` and the other commands do not import transformers."""
     from mbias.config import add_dataclass_args
-    from mbias.models.config import AdapterConfig
+    from mbias.models.config import ScoringConfig
 
     parser = argparse.ArgumentParser(
         prog="mbias", description="Measure and reduce language-vs-vision modality bias in multimodal LLMs.",
@@ -97,7 +97,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, help="audit at most N samples")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder that holds another config")
     p.add_argument("--no-report", action="store_true", help="write summary.json only, no HTML/Markdown")
-    add_dataclass_args(p.add_argument_group("masking and scoring"), AdapterConfig)
+    add_dataclass_args(p.add_argument_group("masking and scoring"), ScoringConfig)
     p.set_defaults(handler=_run_audit)
 
     p = sub.add_parser("report", help="render report.html/report.md/model_card.md from an audit folder")

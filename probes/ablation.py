@@ -116,8 +116,8 @@ class AblationProbe(Probe):
             rows.append(("answers that change with a swapped image", fmt(summary["flip_rate"])))
         return rows
 
-    def describe(self, adapter) -> dict:
-        info = super().describe(adapter)
+    def describe(self, scorer) -> dict:
+        info = super().describe(scorer)
         info.update(conditions=self.config.conditions, value_function="accuracy and log p(gold answer)",
                     estimator="direct", budget=f"{len(self.config.conditions)} scored variants per sample")
         return info

@@ -39,7 +39,7 @@ class AttentionProbe(Probe):
 
     def run(self, ctx: SampleContext) -> dict:
         p = ctx.prepared
-        att = ctx.adapter.attentions(p).mean(1)  # [layers, A, S], mean over heads
+        att = ctx.scorer.attentions(p).mean(1)  # [layers, A, S], mean over heads
         n_rows = att.shape[1]
         P = p.prompt_ids.shape[0]
         visible = np.arange(P, P + n_rows)  # row t (predicting answer token t) sees keys 0 .. P-1+t
@@ -74,7 +74,7 @@ class AttentionProbe(Probe):
                 ("attention on question tokens", fmt(summary["question_attention_share"])),
                 ("image tokens' share of the sequence", fmt(summary["image_token_fraction"]))]
 
-    def describe(self, adapter) -> dict:
+    def describe(self, scorer) -> dict:
         return {"players": "image tokens vs question tokens", "value_function": "eager attention weights, mean "
                 "over heads and answer positions", "estimator": "direct", "budget": "1 forward pass per sample",
                 "caveat": "correlational, not causal"}

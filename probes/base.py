@@ -3,7 +3,7 @@ memoised modality-ablated outcomes.
 
 A probe turns one prepared example into one plain-float record (``run``) and a list of records into summary
 numbers with intervals (``summarize``). Probes never touch architecture details: they ask the sample context for
-scores of masked variants, and the context asks the model adapter. Outcomes that several probes need (the full
+scores of masked variants, and the context asks the model's scorer (``mbias.models.Scorer``). Outcomes that several probes need (the full
 input, the image masked, the question masked, ...) are computed once per sample and shared.
 
 A probe is one file: besides measuring, it declares what it contributes to everything downstream (the way
@@ -58,7 +58,7 @@ class Outcome:
 class SampleContext:
     """Everything a probe may use for one sample; outcomes are memoised across probes."""
 
-    adapter: Any
+    scorer: Any  # mbias.models.Scorer: the loaded model behind one family's interface
     prepared: Prepared
     run_seed: int = 0
     swap_image: Any = None  # another sample's image, for the swap baseline
@@ -76,7 +76,7 @@ class SampleContext:
     def text_only(self) -> Prepared:
         """The example prompted without any image (no image tokens at all)."""
         if self._text_only is None:
-            self._text_only = self.adapter.prepare(self.example, with_image=False)
+            self._text_only = self.scorer.prepare(self.example, with_image=False)
         return self._text_only
 
     def outcomes(self, variants: list[tuple[str, str]]) -> list[Outcome]:
@@ -99,7 +99,7 @@ class SampleContext:
     def _compute(self, prepared: Prepared, variants: list[tuple[str, str]]) -> None:
         import torch
 
-        ad = self.adapter
+        ad = self.scorer
         ids_rows, feat_rows = [], []
         for image, text in variants:
             text_keep = None if text == KEEP else torch.zeros(1, prepared.n_question, dtype=torch.bool)
@@ -120,7 +120,7 @@ class SampleContext:
         with ``choices`` one batched scoring call gives both the gold log-prob and the prediction."""
         import torch
 
-        ad = self.adapter
+        ad = self.scorer
         gold = normalize_answer(self.example.answer)
         if prepared.choice_ids:
             scores = ad.score_inputs(prepared, ids, feats, answers=prepared.choice_ids)  # [V, C]
@@ -219,9 +219,9 @@ class Probe:
         """(label, value) rows of the report section, from this probe's part of summary.json."""
         return [(m.label, fmt(summary.get(m.key))) for m in cls.measures]
 
-    def describe(self, adapter) -> dict:
+    def describe(self, scorer) -> dict:
         """Method details recorded with the results: masks, value function, estimator, budget."""
-        cfg = adapter.config
+        cfg = scorer.config
         return {"config": asdict(self.config), "image_baseline": cfg.image_baseline,
                 "text_baseline": cfg.text_baseline, "masking": cfg.masking, "patch_grid": cfg.patch_grid}
 

@@ -78,7 +78,7 @@ class ConflictProbe(Probe):
                   "the model gives it anyway.")
 
     def run(self, ctx: SampleContext) -> dict:
-        absent = REMOVED if self.config.image_absent == "removed" else ctx.adapter.config.image_baseline
+        absent = REMOVED if self.config.image_absent == "removed" else ctx.scorer.config.image_baseline
         full, text_alone, image_alone = ctx.outcomes([(KEEP, KEEP), (absent, KEEP), (KEEP, MASK)])
         return conflict_record(full.prediction, text_alone.prediction, image_alone.prediction, ctx.example.answer)
 
@@ -102,8 +102,8 @@ class ConflictProbe(Probe):
             ("accuracy where the question alone gets it right", fmt(summary["correct_text_agrees"])),
             ("answered right from the question alone (no image)", fmt(summary["text_alone_accuracy"]))]
 
-    def describe(self, adapter) -> dict:
-        info = super().describe(adapter)
+    def describe(self, scorer) -> dict:
+        info = super().describe(scorer)
         info.update(question_alone=f"image {self.config.image_absent}", image_alone="question masked",
                     value_function="predicted answer (argmax over choices, else greedy generation)",
                     estimator="direct", budget="3 scored variants per sample (shared with ablation)")

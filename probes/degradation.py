@@ -59,7 +59,7 @@ class DegradationProbe(Probe):
     def run(self, ctx: SampleContext) -> dict:
         import torch
 
-        p, ad, cfg = ctx.prepared, ctx.adapter, self.config
+        p, ad, cfg = ctx.prepared, ctx.scorer, self.config
         record = {"rates": list(cfg.rates)}
         for modality in cfg.modalities:
             n = ad.patch_groups(p).n if modality == "image" else p.n_question
@@ -96,8 +96,8 @@ class DegradationProbe(Probe):
         return [(f"AUC, {m} missing", fmt({"mean": summary[m]["auc"], "ci95": summary[m]["auc_ci95"]}))
                 for m in ("image", "text") if m in summary]
 
-    def describe(self, adapter) -> dict:
-        info = super().describe(adapter)
+    def describe(self, scorer) -> dict:
+        info = super().describe(scorer)
         info.update(value_function="accuracy and log p(gold answer)", estimator="Monte-Carlo masks",
                     budget=f"{len(self.config.rates)} rates x {self.config.draws} draws x "
                            f"{len(self.config.modalities)} modalities per sample")

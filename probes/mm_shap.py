@@ -92,7 +92,7 @@ class MMShapProbe(Probe):
             value = "choice" if ctx.example.choices else "logprob"
         if value == "choice" and ctx.example.answer not in (ctx.example.choices or []):
             value = "logprob"
-        inp = ImageTextInput(ctx.adapter, ctx.prepared, self.grid_for(ctx.prepared), value=value)
+        inp = ImageTextInput(ctx.scorer, ctx.prepared, self.grid_for(ctx.prepared), value=value)
         n = inp.n_itp_features
         estimator = cfg.estimator
         if estimator == "auto":
@@ -132,8 +132,8 @@ class MMShapProbe(Probe):
                 ("coalitions scored per sample", f"{summary['mean_evaluations']:.0f}"),
                 ("largest efficiency gap", f"{summary['max_abs_efficiency_gap']:.1e}")]
 
-    def describe(self, adapter) -> dict:
-        info = super().describe(adapter)
+    def describe(self, scorer) -> dict:
+        info = super().describe(scorer)
         cfg = self.config
         info.update(players="question tokens + non-empty image cells of a grid x grid partition "
                     + (f"(grid {cfg.grid})" if cfg.grid else "(grid = ceil(sqrt(#question tokens)))"),

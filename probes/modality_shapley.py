@@ -83,7 +83,7 @@ class ModalityShapleyProbe(Probe):
                   "the question's part of the total absolute contribution.")
 
     def run(self, ctx: SampleContext) -> dict:
-        absent = REMOVED if self.config.image_absent == "removed" else ctx.adapter.config.image_baseline
+        absent = REMOVED if self.config.image_absent == "removed" else ctx.scorer.config.image_baseline
         both, img, txt, none = ctx.outcomes([(KEEP, KEEP), (KEEP, MASK), (absent, KEEP), (absent, MASK)])
         value = self.config.value
         if value == "auto":
@@ -128,8 +128,8 @@ class ModalityShapleyProbe(Probe):
         rows.append(("value function", ", ".join(summary["value_function"])))
         return rows
 
-    def describe(self, adapter) -> dict:
-        info = super().describe(adapter)
+    def describe(self, scorer) -> dict:
+        info = super().describe(scorer)
         info.update(players=["image", "question"], value_function=f"{self.config.value}: log p(gold answer) "
                     "renormalised over the choices when the example has them (auto/choice), else summed over "
                     "answer tokens (logprob); 1[prediction correct] (acc) also recorded",

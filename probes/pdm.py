@@ -58,7 +58,7 @@ class PDMProbe(Probe):
     def run(self, ctx: SampleContext) -> dict:
         import torch
 
-        ad, p = ctx.adapter, ctx.prepared
+        ad, p = ctx.scorer, ctx.prepared
         ids, feats = ad.variant_inputs(p, None, None)
         text = ad.generate_inputs(p, ids, feats, max_new_tokens=self.config.max_new_tokens)
         cont = torch.tensor(ad.tokenizer(text, add_special_tokens=False).input_ids[: self.config.max_new_tokens],
@@ -99,8 +99,8 @@ class PDMProbe(Probe):
                 ("Hellinger distance, all generated tokens", fmt(summary["mean_hellinger"])),
                 ("log-prob the image adds to each chosen token", fmt(summary["mean_logprob_gain"]))]
 
-    def describe(self, adapter) -> dict:
-        info = super().describe(adapter)
+    def describe(self, scorer) -> dict:
+        info = super().describe(scorer)
         info.update(value_function="next-token distributions along the greedy answer", estimator="direct",
                     budget=f"greedy generation + 2 teacher-forced passes of up to {self.config.max_new_tokens} "
                            "tokens per sample", image_absent=self.config.image_absent)

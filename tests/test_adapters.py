@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mbias.example import Example
-from mbias.models import AdapterConfig, load_adapter
+from mbias.models import ScoringConfig, load_model
 from mbias.models.families import FAMILIES
 from mbias.tiny import BUILDERS
 
@@ -46,7 +46,7 @@ def _reference_logprob(adapter, prepared):
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
 def adapter(request, tiny_model_dir):
-    return load_adapter(tiny_model_dir(request.param), device="cpu")
+    return load_model(tiny_model_dir(request.param), device="cpu")
 
 
 def test_prepare_locates_question_image_and_answer(adapter, shapes_image):
@@ -88,8 +88,8 @@ def test_batching_and_order_do_not_change_scores(adapter, shapes_image):
 
 
 def test_small_batch_size_gives_same_scores(tiny_model_dir, shapes_image):
-    big = load_adapter(tiny_model_dir("llava"), device="cpu")
-    small = load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(batch_size=2))
+    big = load_model(tiny_model_dir("llava"), device="cpu")
+    small = load_model(tiny_model_dir("llava"), device="cpu", config=ScoringConfig(batch_size=2))
     ex = _example(shapes_image)
     ik = torch.rand(5, 16, generator=torch.Generator().manual_seed(1)) > 0.5
     a = big.score(big.prepare(ex), ik)
@@ -136,7 +136,7 @@ def _zero_projector(adapter):
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_zeroed_projector_makes_every_image_variant_score_the_same(family, tiny_model_dir, shapes_image):
-    adapter = load_adapter(tiny_model_dir(family), device="cpu")
+    adapter = load_model(tiny_model_dir(family), device="cpu")
     _zero_projector(adapter)
     p = adapter.prepare(_example(shapes_image))
     G = adapter.config.patch_grid ** 2
@@ -152,14 +152,14 @@ def test_zeroed_projector_makes_every_image_variant_score_the_same(family, tiny_
 def test_lora_adapter_loads_and_changes_scores(tiny_model_dir, shapes_image, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    base = load_adapter(tiny_model_dir("llava"), device="cpu")
+    base = load_model(tiny_model_dir("llava"), device="cpu")
     targets = [n for n in base.module_names("language") if n.endswith(("q_proj", "v_proj"))]
     assert targets and not any("vision" in n for n in targets)
     peft_model = get_peft_model(base.model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "lora")
     ex = _example(shapes_image)
-    fresh = load_adapter(tiny_model_dir("llava"), device="cpu")
-    with_lora = load_adapter(tiny_model_dir("llava"), device="cpu", adapter=str(tmp_path / "lora"))
+    fresh = load_model(tiny_model_dir("llava"), device="cpu")
+    with_lora = load_model(tiny_model_dir("llava"), device="cpu", adapter=str(tmp_path / "lora"))
     before = float(fresh.score(fresh.prepare(ex))[0])
     after = float(with_lora.score(with_lora.prepare(ex))[0])
     assert abs(after - before) > 1e-4

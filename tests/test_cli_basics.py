@@ -61,39 +61,39 @@ def _one_line(exc: Exception) -> str:
 
 
 def test_missing_model_folder_is_one_actionable_line(tmp_path):
-    from mbias.models import load_adapter
+    from mbias.models import load_model
 
     with pytest.raises(ModelLoadError) as err:
-        load_adapter(str(tmp_path / "no-such-model"))
+        load_model(str(tmp_path / "no-such-model"))
     assert "no model folder" in _one_line(err.value)
 
 
 def test_folder_without_config_is_explained(tmp_path):
-    from mbias.models import load_adapter
+    from mbias.models import load_model
 
     with pytest.raises(ModelLoadError) as err:
-        load_adapter(str(tmp_path))
+        load_model(str(tmp_path))
     assert "config.json" in _one_line(err.value)
 
 
 def test_text_only_model_is_refused_with_the_supported_families(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mbias.models import load_adapter
+    from mbias.models import load_model
 
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                  num_attention_heads=2)).save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError) as err:
-        load_adapter(str(tmp_path))
+        load_model(str(tmp_path))
     msg = _one_line(err.value)
     assert "takes no images" in msg and "llava" in msg and "qwen2_vl" in msg
 
 
 def test_quantized_loading_on_cpu_is_refused_clearly(tiny_model_dir):
-    from mbias.models import load_adapter
+    from mbias.models import load_model
 
     with pytest.raises(ModelLoadError) as err:
-        load_adapter(tiny_model_dir("llava"), device="cpu", load_in_4bit=True)
+        load_model(tiny_model_dir("llava"), device="cpu", load_in_4bit=True)
     assert "CUDA" in _one_line(err.value)
 
 
@@ -151,10 +151,10 @@ BAD_NUMBERS = [  # (config class, field, bad value, the valid range as the messa
     ("mbias.finetune.config.FinetuneConfig", "weight_decay", float("nan"), "a number >= 0"),
     ("mbias.finetune.config.FinetuneConfig", "max_grad_norm", -1.0, "a number >= 0"),
     ("mbias.finetune.config.FinetuneConfig", "seed", -1, "an integer >= 0"),
-    ("mbias.models.config.AdapterConfig", "patch_grid", 0, "an integer >= 1"),
-    ("mbias.models.config.AdapterConfig", "batch_size", True, "an integer >= 1"),
-    ("mbias.models.config.AdapterConfig", "max_new_tokens", 0, "an integer >= 1"),
-    ("mbias.models.config.AdapterConfig", "noise_std", -0.1, "a number >= 0"),
+    ("mbias.models.config.ScoringConfig", "patch_grid", 0, "an integer >= 1"),
+    ("mbias.models.config.ScoringConfig", "batch_size", True, "an integer >= 1"),
+    ("mbias.models.config.ScoringConfig", "max_new_tokens", 0, "an integer >= 1"),
+    ("mbias.models.config.ScoringConfig", "noise_std", -0.1, "a number >= 0"),
     ("mbias.diagnose.config.AuditConfig", "max_samples", 0, "an integer >= 1 or unset"),
     ("mbias.diagnose.config.AuditConfig", "verdict_margin", 0.5, "a number in [0, 0.5)"),
     ("mbias.diagnose.config.AuditConfig", "report_examples", -1, "an integer >= 0"),
@@ -193,7 +193,7 @@ def _refused(capsys, argv: list[str]) -> str:
 @pytest.mark.parametrize("argv,field", [
     (["finetune", "--recipe", "lora", "--lr", "-1"], "FinetuneConfig.learning_rate"),
     (["finetune", "--recipe", "lora", "--lora-r", "0"], "FinetuneConfig.lora_r"),
-    (["audit", "--patch-grid", "0"], "AdapterConfig.patch_grid"),
+    (["audit", "--patch-grid", "0"], "ScoringConfig.patch_grid"),
     (["audit", "--max-samples", "0"], "AuditConfig.max_samples"),
 ])
 def test_bad_numbers_on_the_command_line_stop_before_any_work(argv, field, tmp_path, capsys):
@@ -283,3 +283,28 @@ def test_audit_maps_the_columns_of_a_saved_hf_dataset(tiny_model_dir, tmp_path, 
     assert manifest["config"]["columns"] == {"id": "index"}
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["id"] for r in records] == ["3", "4"] and {r["prediction"] for r in records} <= {"A", "B"}
+
+
+def test_the_old_adapter_section_of_an_audit_config_is_read_as_scoring(tmp_path, caplog):
+    import argparse
+
+    from mbias.diagnose.cli import audit_config_from_args
+
+    cfg = tmp_path / "audit.yaml"
+    cfg.write_text("adapter:\n  patch_grid: 3\n")
+    args = argparse.Namespace(config=str(cfg), probes=None, max_samples=None, seed=None, columns=None)
+    config = audit_config_from_args(args)
+    assert config.scoring.patch_grid == 3 and "'adapter:' section is now 'scoring:'" in caplog.text
+
+
+def test_dtype_auto_means_the_checkpoints_own_as_in_transformers(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mbias.models import load_model
+
+    folder = tmp_path / "bf16"
+    AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"), dtype=torch.bfloat16).save_pretrained(folder)
+    AutoProcessor.from_pretrained(tiny_model_dir("llava")).save_pretrained(folder)
+    assert load_model(str(folder), device="cpu", dtype="auto").model.dtype == torch.bfloat16
+    assert load_model(str(folder), device="cpu").model.dtype == torch.float32  # default "device": float32 on CPU

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mbias.example import Example
-from mbias.models import AdapterConfig, load_adapter
+from mbias.models import ScoringConfig, load_model
 from mbias.models.families import FAMILIES
 from mbias.probes import PROBES, SampleContext
 from mbias.probes.mm_shap import MMShapConfig
@@ -29,7 +29,7 @@ def _example(image, question="What colour is it?", **kw):
 
 @pytest.fixture(scope="module")
 def llava(tiny_model_dir):
-    return load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(patch_grid=2))
+    return load_model(tiny_model_dir("llava"), device="cpu", config=ScoringConfig(patch_grid=2))
 
 
 def _ctx(adapter, image, **kw):
@@ -54,7 +54,7 @@ def test_shapley_estimators_on_a_known_game():
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_modality_shapley_is_efficient_and_matches_mm_shap_totals(family, tiny_model_dir, shapes_image):
-    adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    adapter = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
     ctx = _ctx(adapter, shapes_image)
     ms = PROBES.get("modality_shapley")().run(ctx)
     assert ms["phi_image"] + ms["phi_text"] == pytest.approx(ms["v_full"] - ms["v_none"], abs=1e-6)
@@ -89,8 +89,8 @@ def test_mm_shap_estimators_run_and_report_budget(llava, shapes_image):
 
 
 def test_same_seed_same_records_and_batching_does_not_matter(tiny_model_dir, shapes_image):
-    small = load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(patch_grid=2, batch_size=3))
-    big = load_adapter(tiny_model_dir("llava"), device="cpu", config=AdapterConfig(patch_grid=2, batch_size=64))
+    small = load_model(tiny_model_dir("llava"), device="cpu", config=ScoringConfig(patch_grid=2, batch_size=3))
+    big = load_model(tiny_model_dir("llava"), device="cpu", config=ScoringConfig(patch_grid=2, batch_size=64))
     for name, cfg in (("mm_shap", MMShapConfig(grid=2, estimator="permutation", n_permutations=6, batch_size=5)),
                       ("degradation", None)):
         a = PROBES.get(name)(cfg).run(_ctx(small, shapes_image))
@@ -113,7 +113,7 @@ def _zero_projector(adapter):
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, shapes_image):
-    adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    adapter = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
     _zero_projector(adapter)
     ctx = _ctx(adapter, shapes_image)
     ms = PROBES.get("modality_shapley")().run(ctx)
@@ -124,7 +124,7 @@ def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, sha
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_a_model_that_cannot_read_has_no_language_share(family, tiny_model_dir, shapes_image):
-    adapter = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    adapter = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
     prepared = adapter.prepare(_example(shapes_image))
     ids = set(prepared.prompt_ids[prepared.question_positions].tolist()) | {adapter.text_baseline_id()}
     with torch.no_grad():
@@ -204,14 +204,14 @@ def test_blind_models_read_language_dominant_and_deaf_ones_vision_dominant(famil
     from mbias.reports.content import verdict_label
 
     examples = _examples()
-    blind = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    blind = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
     _zero_projector(blind)
     v, conflict = _verdict_of(blind, examples, shapes_image)
     assert (verdict_label(v), v["severity"]) == ("language-dominant", "severe")
     if conflict["n_text_conflicts"]:  # it gives the question-alone answer whatever the image shows
         assert conflict["follows_text"]["mean"] == 1.0
 
-    deaf = load_adapter(tiny_model_dir(family), device="cpu", config=AdapterConfig(patch_grid=2))
+    deaf = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
     ids = {deaf.text_baseline_id()}
     for ex in examples:
         prepared = deaf.prepare(ex)

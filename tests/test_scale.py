@@ -14,7 +14,7 @@ import torch
 
 from mbias.cli import main
 from mbias.errors import ConfigError, ModelLoadError
-from mbias.models import load_adapter
+from mbias.models import load_model
 from mbias.models.config import LoadOptions
 from mbias.models.families import FAMILIES
 from mbias.tiny import BUILDERS
@@ -42,9 +42,9 @@ def _split_cpu_and_disk(adapter) -> dict[str, str]:
 def test_a_model_split_between_cpu_and_disk_scores_as_on_one_device(family, tiny_model_dir, shapes_image, tmp_path):
     from mbias.example import Example
 
-    whole = load_adapter(tiny_model_dir(family), device="cpu")
+    whole = load_model(tiny_model_dir(family), device="cpu")
     placed = _split_cpu_and_disk(whole)
-    split = load_adapter(tiny_model_dir(family), device_map=placed, offload_folder=str(tmp_path / "offload"))
+    split = load_model(tiny_model_dir(family), device_map=placed, offload_folder=str(tmp_path / "offload"))
     assert set(split.model.hf_device_map.values()) == {"cpu", "disk"}
     assert any(p.device.type == "meta" for p in split.model.parameters())  # really offloaded, read per forward
     ex = Example(id="ex0", image=shapes_image, question="What colour is the circle?", answer="red",
@@ -72,7 +72,7 @@ def _records(out: Path) -> list[dict]:
 
 def test_an_audit_with_device_map_max_memory_and_offload_equals_the_default_run(tiny_model_dir, tmp_path):
     model = tiny_model_dir("llava")
-    size = sum(p.numel() * p.element_size() for p in load_adapter(model, device="cpu").model.parameters())
+    size = sum(p.numel() * p.element_size() for p in load_model(model, device="cpu").model.parameters())
     cfg = tmp_path / "fast.yaml"
     cfg.write_text(FAST)
     common = ["audit", "--model", model, "--data", "synth:shapes-p90/test-cp", "--max-samples", "3", "--config",
@@ -103,7 +103,7 @@ def test_bad_placement_flags_are_one_line_before_any_work(flags, expected, tmp_p
 
 
 def test_one_definition_of_the_loading_options():
-    """The CLI flags, load_adapter's keywords and the manifest all come from LoadOptions' fields."""
+    """The CLI flags, load_model's keywords and the manifest all come from LoadOptions' fields."""
     import dataclasses
 
     from mbias.cli import build_parser
@@ -116,7 +116,7 @@ def test_one_definition_of_the_loading_options():
         assert opts.max_memory == {"0": "70GiB", "cpu": "200GiB"} and opts.device == "auto"
         assert fields <= set(vars(args))
     with pytest.raises(TypeError):
-        load_adapter("m", devcie="cpu")  # a misspelt option is not silently dropped
+        load_model("m", devcie="cpu")  # a misspelt option is not silently dropped
 
 
 def test_each_process_takes_its_own_slice_of_the_nodes_gpus(monkeypatch, tmp_path):
@@ -149,16 +149,16 @@ def test_each_process_takes_its_own_slice_of_the_nodes_gpus(monkeypatch, tmp_pat
 
 
 def test_an_adapter_on_a_disk_offloaded_model_is_refused_clearly(tiny_model_dir, tmp_path):
-    whole = load_adapter(tiny_model_dir("llava"), device="cpu")
+    whole = load_model(tiny_model_dir("llava"), device="cpu")
     with pytest.raises(ModelLoadError, match="offloaded to disk"):
-        load_adapter(tiny_model_dir("llava"), adapter=str(tmp_path), device_map=_split_cpu_and_disk(whole),
+        load_model(tiny_model_dir("llava"), adapter=str(tmp_path), device_map=_split_cpu_and_disk(whole),
                      offload_folder=str(tmp_path / "offload"))
 
 
 @pytest.mark.slow
 def test_two_audit_processes_each_with_a_device_map_share_the_work(tiny_model_dir, tmp_path, accelerate_launch):
     model = tiny_model_dir("llava")
-    size = sum(p.numel() * p.element_size() for p in load_adapter(model, device="cpu").model.parameters())
+    size = sum(p.numel() * p.element_size() for p in load_model(model, device="cpu").model.parameters())
     common = ["audit", "--model", model, "--data", "synth:shapes-p90/test-cp", "--max-samples", "6", "--probes",
               "modality_shapley,ablation", "--no-report"]
     assert main([*common, "--out", str(tmp_path / "single"), "--no-progress"]) == 0
@@ -291,7 +291,7 @@ def test_finetune_refuses_a_device_map_under_several_processes(tmp_path, monkeyp
 def test_finetune_refuses_offloaded_layers(tiny_model_dir, tmp_path, capsys):
     model = tiny_model_dir("llava")
     placed = tmp_path / "map.json"
-    placed.write_text(json.dumps(_split_cpu_and_disk(load_adapter(model, device="cpu"))))
+    placed.write_text(json.dumps(_split_cpu_and_disk(load_model(model, device="cpu"))))
     assert main(["finetune", "--model", model, "--data", DATA, "--out", str(tmp_path / "ft"), "--device-map",
                  str(placed), "--offload-folder", str(tmp_path / "off"), "--max-steps", "1", "--no-progress"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after transformers' own progress bars

@@ -23,12 +23,12 @@ def small_zoo(tmp_path, monkeypatch):
 
 
 def _train_once(tmp_path, tag):
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.synth import load_synth
     from mbias.tiny import build_llava
 
     path = build_llava(tmp_path / tag, image_size=32, patch_size=8, seed=0)
-    adapter = load_adapter(str(path), device="cpu")
+    adapter = load_model(str(path), device="cpu")
     ds = load_synth("shapes-p90/train")
     with zoo._deterministic(0):
         info = train_tiny(adapter, [ds[i] for i in range(64)], SMALL, progress=False)
@@ -45,15 +45,15 @@ def test_training_is_deterministic_and_learns(tmp_path):
 
 def test_zoo_reference_builds_once_and_loads(small_zoo, capsys):
     from mbias.cli import main
-    from mbias.models import load_adapter
+    from mbias.models import load_model
 
     assert main(["zoo", "list"]) == 0
     assert "not built" in capsys.readouterr().out
-    adapter = load_adapter("zoo:shapes-p90", device="cpu")
+    adapter = load_model("zoo:shapes-p90", device="cpu")
     assert adapter.family == "llava"
     path = zoo.zoo_model_path("shapes-p90", build=False)
     stamp = (path / "zoo.json").stat().st_mtime
-    load_adapter("zoo:shapes-p90", device="cpu")  # cached: no rebuild
+    load_model("zoo:shapes-p90", device="cpu")  # cached: no rebuild
     assert (path / "zoo.json").stat().st_mtime == stamp
     assert main(["zoo", "list"]) == 0
     listing = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Model adapters: one interface over HF image-text models (see ``base.ModelAdapter``).
+"""Model adapters: one interface over HF image-text models (see ``base.Scorer``).
 
 Names are imported lazily so that ``mbias.models.config`` (used to build CLI flags) does not pull in torch.
 """
@@ -6,17 +6,17 @@ Names are imported lazily so that ``mbias.models.config`` (used to build CLI fla
 import importlib
 
 _EXPORTS = {
-    "ModelAdapter": "mbias.models.base",
+    "Scorer": "mbias.models.base",
     "Encoded": "mbias.models.types",
     "Prediction": "mbias.models.types",
     "Prepared": "mbias.models.types",
     "normalize_answer": "mbias.example",
-    "AdapterConfig": "mbias.models.config",
+    "ScoringConfig": "mbias.models.config",
     "FAMILIES": "mbias.models.families",
-    "adapter_class_for": "mbias.models.families",
+    "scorer_class_for": "mbias.models.families",
     "supported_families": "mbias.models.families",
     "LoadOptions": "mbias.models.config",
-    "load_adapter": "mbias.models.loading",
+    "load_model": "mbias.models.loading",
     "resolve_model_ref": "mbias.models.loading",
 }
 

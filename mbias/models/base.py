@@ -22,7 +22,7 @@ import torch
 from mbias.errors import MbiasError
 from mbias.example import Example
 from mbias.models import geometry
-from mbias.models.config import AdapterConfig
+from mbias.models.config import ScoringConfig
 from mbias.models.scoring import ScoringMixin
 from mbias.models.types import Encoded, Prepared
 
@@ -34,7 +34,7 @@ _VISION_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes", "image_gr
 _FORWARD_META_KEYS = ("image_grid_thw",)
 
 
-class ModelAdapter(ScoringMixin):
+class Scorer(ScoringMixin):
     """Base adapter; families override the few hooks marked below."""
 
     family: ClassVar[str] = "generic"
@@ -46,12 +46,12 @@ class ModelAdapter(ScoringMixin):
     projector_modules: ClassVar[tuple[str, ...]] = ("multi_modal_projector", "connector")
     language_modules: ClassVar[tuple[str, ...]] = ("language_model", "text_model")
 
-    def __init__(self, model, processor, *, model_id: str = "", config: AdapterConfig | None = None):
+    def __init__(self, model, processor, *, model_id: str = "", config: ScoringConfig | None = None):
         self.model = model
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.model_id = model_id
-        self.config = config or AdapterConfig()
+        self.config = config or ScoringConfig()
         self.image_token_id = self._image_token_id()
         self._text_cache: dict = {}
 

@@ -1,5 +1,5 @@
 """The configs of a loaded model: how it is loaded and placed (``LoadOptions``), and the masking and scoring
-choices (``AdapterConfig``), which change the numbers, so every one is a field recorded with the results.
+choices (``ScoringConfig``), which change the numbers, so every one is a field recorded with the results.
 
 Torch-free: the CLI builds its flags from these classes before anything heavy is imported.
 """
@@ -19,7 +19,7 @@ MASKING_LEVELS = ("feature", "pixel")
 
 
 @dataclass
-class AdapterConfig:
+class ScoringConfig:
     image_baseline: str = field(
         default="blank",
         metadata={"help": "what a masked image patch becomes: blank (the image's mean colour), noise, black, or "
@@ -55,7 +55,7 @@ class AdapterConfig:
         check_number(self, "noise_seed", integer=True, ge=0)
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("device", "auto", "float32", "bfloat16", "float16")
 # accelerate's placement strategies (transformers' ``device_map=``); anything else must be a JSON file
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
@@ -80,7 +80,7 @@ def parse_max_memory(value) -> dict[str, str]:
 
 @dataclass
 class LoadOptions:
-    """How to load a model: the one definition behind ``load_adapter``, the CLI's model flags of ``audit`` and
+    """How to load a model: the one definition behind ``load_model``, the CLI's model flags of ``audit`` and
     ``finetune`` (generated from these fields) and scripts. Big-model placement (``device_map``, ``max_memory``,
     ``offload_folder``) is accelerate's, passed through transformers' ``from_pretrained``."""
 
@@ -88,8 +88,9 @@ class LoadOptions:
         "help": "a PEFT (LoRA) adapter folder (or hub id) to apply on top of the model"})
     device: str = field(default="auto", metadata={
         "help": "auto | cpu | cuda | cuda:N; auto = cuda when torch sees a GPU (with --device-map the map decides)"})
-    dtype: str = field(default="auto", metadata={
-        "help": "weights dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16 or float16"})
+    dtype: str = field(default="device", metadata={
+        "help": "weights dtype: device (bfloat16 on GPU, float32 on CPU), auto (the checkpoint's own, as in "
+                "transformers), float32, bfloat16 or float16"})
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit NF4 weights via bitsandbytes (GPU only)"})
     load_in_8bit: bool = field(default=False, metadata={"help": "8-bit weights via bitsandbytes (GPU only)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow code from the model repo"})

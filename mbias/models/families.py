@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mbias.models import geometry
-from mbias.models.base import ModelAdapter
+from mbias.models.base import Scorer
 
 
-class LlavaAdapter(ModelAdapter):
+class LlavaScorer(Scorer):
     """LLaVA-1.5: one token per ViT patch, row-major, over the processor's centre crop."""
 
     family = "llava"
@@ -18,7 +18,7 @@ class LlavaAdapter(ModelAdapter):
         return geometry.crop_box(image.width, image.height, self.processor.image_processor)
 
 
-class LlavaNextAdapter(ModelAdapter):
+class LlavaNextScorer(Scorer):
     """LLaVA-NeXT: a base view of the whole image, then AnyRes tiles (unpadded) with a newline token per row."""
 
     family = "llava_next"
@@ -44,7 +44,7 @@ class LlavaNextAdapter(ModelAdapter):
         return coords if coords.shape[0] == n_tokens else geometry.square_coords(n_tokens)
 
 
-class Qwen2VLAdapter(ModelAdapter):
+class Qwen2VLScorer(Scorer):
     """Qwen2-VL / Qwen2.5-VL: native-resolution patches, merged 2x2, row-major over the merged grid."""
 
     family = "qwen2_vl"
@@ -59,7 +59,7 @@ class Qwen2VLAdapter(ModelAdapter):
         return geometry.grid_coords(gh // merge, gw // merge)
 
 
-class Idefics3Adapter(ModelAdapter):
+class Idefics3Scorer(Scorer):
     """Idefics3 / SmolVLM: optional rows x cols tiles, then the global image; pixel-shuffled, row-major."""
 
     family = "idefics3"
@@ -76,7 +76,7 @@ class Idefics3Adapter(ModelAdapter):
         return torch.cat([geometry.tiled_coords(rows, cols, side, side), glob])
 
 
-class PaliGemmaAdapter(ModelAdapter):
+class PaliGemmaScorer(Scorer):
     """PaliGemma: image tokens, <bos>, prompt, newline; the answer is the suffix under prefix-LM attention."""
 
     family = "paligemma"
@@ -99,12 +99,12 @@ class PaliGemmaAdapter(ModelAdapter):
         return torch.tensor(self.tokenizer(answer, add_special_tokens=False).input_ids, dtype=torch.long)
 
 
-FAMILIES: tuple[type[ModelAdapter], ...] = (
-    LlavaAdapter, LlavaNextAdapter, Qwen2VLAdapter, Idefics3Adapter, PaliGemmaAdapter,
+FAMILIES: tuple[type[Scorer], ...] = (
+    LlavaScorer, LlavaNextScorer, Qwen2VLScorer, Idefics3Scorer, PaliGemmaScorer,
 )
 
 
-def adapter_class_for(model_type: str) -> type[ModelAdapter] | None:
+def scorer_class_for(model_type: str) -> type[Scorer] | None:
     for cls in FAMILIES:
         if model_type in cls.model_types:
             return cls

@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 
 from mbias.errors import ConfigError, ModelLoadError
-from mbias.models.base import ModelAdapter
-from mbias.models.config import DEVICE_MAP_STRATEGIES, AdapterConfig, LoadOptions
-from mbias.models.families import adapter_class_for, supported_families
+from mbias.models.base import Scorer
+from mbias.models.config import DEVICE_MAP_STRATEGIES, LoadOptions, ScoringConfig
+from mbias.models.families import scorer_class_for, supported_families
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +49,27 @@ def pick_device(device: str):
 
 
 def pick_dtype(dtype: str, device):
+    """A torch dtype, or "auto" (transformers reads the checkpoint's own dtype)."""
     import torch
 
     if dtype == "auto":
+        return "auto"
+    if dtype == "device":  # the fastest safe choice for where the model runs
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use device, auto, float32, bfloat16 or float16") from None
 
 
-def load_adapter(model_ref: str, options: LoadOptions | None = None, *, config: AdapterConfig | None = None,
-                 is_trainable: bool = False, **fields) -> ModelAdapter:
+def load_model(model_ref: str, options: LoadOptions | None = None, *, config: ScoringConfig | None = None,
+                 is_trainable: bool = False, **fields) -> Scorer:
     """Load processor + model (+ optional PEFT adapter) and wrap them in the family's adapter.
 
     ``options`` says how (``LoadOptions``); ``fields`` override some of them, for scripts:
-    ``load_adapter(ref, device="cpu")``. With ``device_map`` the model is split by accelerate's big-model
+    ``load_model(ref, device="cpu")``. With ``device_map`` the model is split by accelerate's big-model
     inference (GPUs, then CPU, then the offload folder); its hooks move activations between devices, so the
     adapter feeds every input to the main device and scores equal the single-device path's.
     """
@@ -81,13 +84,13 @@ def load_adapter(model_ref: str, options: LoadOptions | None = None, *, config: 
         raise ModelLoadError(f"could not load a model config for {model_ref!r} ({_first_line(exc)}); check the id "
                              "or path, and note that nothing can be downloaded when offline") from None
     model_type = getattr(hf_config, "model_type", "?")
-    cls = adapter_class_for(model_type)
+    cls = scorer_class_for(model_type)
     if cls is None:
         if getattr(hf_config, "vision_config", None) is None:
             raise ModelLoadError(
                 f"{model_ref!r} is a {model_type} model, which takes no images; mbias audits image-text models: "
                 f"{supported_families()}, or any model with get_image_features and an image token")
-        cls = ModelAdapter
+        cls = Scorer
         logger.warning("%s is a %s model: no dedicated adapter, using the generic path (image tokens assumed "
                        "to form a square row-major grid)", model_ref, model_type)
 
@@ -101,7 +104,7 @@ def load_adapter(model_ref: str, options: LoadOptions | None = None, *, config: 
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=opts.load_in_4bit, load_in_8bit=opts.load_in_8bit, bnb_4bit_compute_dtype=torch_dtype,
+            load_in_4bit=opts.load_in_4bit, load_in_8bit=opts.load_in_8bit, bnb_4bit_compute_dtype=pick_dtype("device", dev) if torch_dtype == "auto" else torch_dtype,
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=["vision_tower", "vision_model", "visual", "multi_modal_projector",
                                    "connector", "lm_head"],

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class ScoringMixin:
-    """Scoring half of ``ModelAdapter`` (which supplies features, baselines, packing and the config)."""
+    """Scoring half of ``Scorer`` (which supplies features, baselines, packing and the config)."""
 
     def variant_inputs(self, prepared: Prepared, image_keep: torch.Tensor | None, text_keep: torch.Tensor | None,
                        *, baseline: str | None = None, swap_image=None, grid: int | None = None):

@@ -133,7 +133,7 @@ def _train_into(entry: ZooEntry, tmp: Path, progress: bool) -> dict:
     import torch
 
     from mbias.data import load_data
-    from mbias.models import load_adapter
+    from mbias.models import load_model
     from mbias.synth import load_synth
     from mbias.tiny import build_llava
     from mbias.zoo.train import choice_accuracy, train_tiny
@@ -142,7 +142,7 @@ def _train_into(entry: ZooEntry, tmp: Path, progress: bool) -> dict:
     t0 = time.perf_counter()
     build_llava(tmp, hidden=cfg.hidden, text_layers=cfg.text_layers, vision_layers=cfg.vision_layers,
                 image_size=cfg.image_size, patch_size=cfg.patch_size, vision_hidden=cfg.vision_hidden, seed=cfg.seed)
-    adapter = load_adapter(str(tmp), device="cpu", dtype="float32")
+    adapter = load_model(str(tmp), device="cpu", dtype="float32")
     data = load_data(entry.data, max_samples=cfg.train_size).examples
     with _deterministic(cfg.seed):
         info = train_tiny(adapter, [data[i] for i in range(len(data))], cfg, progress=progress)
