@@ -44,21 +44,21 @@ def main() -> None:
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - t0
 
-    adapter = load_model("zoo:shapes-p90", device="cpu")
+    scorer = load_model("zoo:shapes-p90", device="cpu")
     probes = build_probes(AuditConfig())
     ds = load_synth("shapes-p90/test-cp")
     per_probe = dict.fromkeys(probes, 0.0)
     prep = 0.0
     for i in range(args.samples):
         t = time.perf_counter()
-        ctx = SampleContext(adapter, adapter.prepare(ds[i]), swap_image=ds[(i + 1) % len(ds)].image)
+        ctx = SampleContext(scorer, scorer.prepare(ds[i]), swap_image=ds[(i + 1) % len(ds)].image)
         prep += time.perf_counter() - t
         for name, probe in probes.items():
             t = time.perf_counter()
             probe.run(ctx)
             per_probe[name] += time.perf_counter() - t
     total = prep + sum(per_probe.values())
-    prefix = prefix_cache_potential(adapter, probes, ds, min(20, args.samples))
+    prefix = prefix_cache_potential(scorer, probes, ds, min(20, args.samples))
     result = {
         "command": f"python benchmarks/audit_throughput.py --samples {args.samples}",
         "audit_command": " ".join(cmd[1:]), "samples": args.samples, "wall_seconds": round(wall, 2),
@@ -88,7 +88,7 @@ def main() -> None:
     print("\n".join(lines))
 
 
-def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
+def prefix_cache_potential(scorer, probes, ds, n: int) -> dict:
     """Share of the scoring forward passes' tokens that lie before each row's first masked position.
 
     Masking replaces tokens in place, so a row is identical to the unmasked prompt up to the first question token
@@ -103,7 +103,7 @@ def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
     image_tokens = set()
     stats = {"rows": 0, "rows_image_whole": 0, "tokens": 0.0, "prefix": 0.0, "tokens_576": 0.0, "prefix_576": 0.0,
              "prefix_576_whole": 0.0}
-    orig = adapter._forward_rows
+    orig = scorer._forward_rows
 
     def counting(prepared, ids, feats, answers, rows, **kw):
         full = prepared.prompt_ids
@@ -137,15 +137,15 @@ def prefix_cache_potential(adapter, probes, ds, n: int) -> dict:
             stats["prefix_576_whole"] += first_576 if whole else 0
         return orig(prepared, ids, feats, answers, rows, **kw)
 
-    adapter._forward_rows = counting
+    scorer._forward_rows = counting
     try:
         with torch.no_grad():
             for i in range(n):
-                ctx = SampleContext(adapter, adapter.prepare(ds[i]), swap_image=ds[(i + 1) % len(ds)].image)
+                ctx = SampleContext(scorer, scorer.prepare(ds[i]), swap_image=ds[(i + 1) % len(ds)].image)
                 for probe in probes.values():
                     probe.run(ctx)
     finally:
-        adapter._forward_rows = orig
+        scorer._forward_rows = orig
     return {"samples": n, "rows": stats["rows"], "rows_image_whole": stats["rows_image_whole"] / stats["rows"],
             "image_tokens": max(image_tokens),
             "saving_this_model": stats["prefix"] / stats["tokens"],

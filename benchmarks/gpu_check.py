@@ -97,16 +97,16 @@ def build_model_dir(path: Path, small: bool, device: torch.device, text_layers: 
 
 
 class FlopCounter:
-    """Counts language-model tokens (and context) of every forward the adapter runs, and its time."""
+    """Counts language-model tokens (and context) of every forward the scorer runs, and its time."""
 
-    def __init__(self, adapter):
-        self.adapter, self.tokens, self.attn, self.seconds = adapter, 0, 0, 0.0
-        cfg = adapter.model.config
+    def __init__(self, scorer):
+        self.scorer, self.tokens, self.attn, self.seconds = scorer, 0, 0, 0.0
+        cfg = scorer.model.config
         text = cfg.get_text_config()
         self.layers, self.hidden = text.num_hidden_layers, text.hidden_size
-        lm = adapter._parts(adapter.language_modules)[0]
+        lm = scorer._parts(scorer.language_modules)[0]
         self.params = sum(p.numel() for p in lm.parameters())
-        self._orig = adapter._forward_rows
+        self._orig = scorer._forward_rows
 
     @contextlib.contextmanager
     def counting(self):
@@ -114,18 +114,18 @@ class FlopCounter:
             seq = ids.shape[1] + max(int(answers[c].numel()) for _, c in rows)
             self.tokens += len(rows) * seq
             self.attn += len(rows) * seq * seq  # sum over positions of the context each attends to, x2 below
-            _sync(self.adapter.device)
+            _sync(self.scorer.device)
             t0 = time.perf_counter()
             out = self._orig(prepared, ids, feats, answers, rows, **kw)
-            _sync(self.adapter.device)
+            _sync(self.scorer.device)
             self.seconds += time.perf_counter() - t0
             return out
 
-        self.adapter._forward_rows = wrapped
+        self.scorer._forward_rows = wrapped
         try:
             yield self
         finally:
-            self.adapter._forward_rows = self._orig
+            self.scorer._forward_rows = self._orig
 
     @property
     def flops(self) -> float:
@@ -146,32 +146,32 @@ def audit(model_dir: Path, device: str, n: int, quant: bool, placement: dict | N
     t0 = time.perf_counter()
     opts = LoadOptions(device="auto" if placement else device, dtype="bfloat16" if dev.type == "cuda" else "float32",
                        load_in_4bit=quant, **(placement or {}))
-    adapter = load_model(str(model_dir), opts, config=ScoringConfig(batch_size=64))
+    scorer = load_model(str(model_dir), opts, config=ScoringConfig(batch_size=64))
     load_s = time.perf_counter() - t0
     probes = build_probes(AuditConfig(probe_config={"mm_shap": {"n_permutations": 10}}))
     ds = load_synth("shapes-p90/test-cp")
-    counter = FlopCounter(adapter)
-    ctx0 = SampleContext(adapter, adapter.prepare(ds[0]), swap_image=ds[1].image)
+    counter = FlopCounter(scorer)
+    ctx0 = SampleContext(scorer, scorer.prepare(ds[0]), swap_image=ds[1].image)
     for probe in probes.values():  # warm-up (kernels, allocator)
         probe.run(ctx0)
     _sync(dev)
     with counter.counting():
         t0 = time.perf_counter()
         for i in range(1, n + 1):
-            ctx = SampleContext(adapter, adapter.prepare(ds[i]), swap_image=ds[i + 1].image)
+            ctx = SampleContext(scorer, scorer.prepare(ds[i]), swap_image=ds[i + 1].image)
             for probe in probes.values():
                 probe.run(ctx)
         _sync(dev)
         wall = time.perf_counter() - t0
     # the full-input answer log-prob of the first samples, to compare placements
-    scores = [float(adapter.score(adapter.prepare(ds[i]))[0]) for i in range(1, 5)]
-    placed = getattr(adapter.model, "hf_device_map", None)
+    scores = [float(scorer.score(scorer.prepare(ds[i]))[0]) for i in range(1, 5)]
+    placed = getattr(scorer.model, "hf_device_map", None)
     out = {"samples_per_s": n / wall, "load_s": load_s, "forward_share_of_wall": counter.seconds / wall,
            "tflops_in_forwards": counter.flops / max(counter.seconds, 1e-9) / 1e12,
            "flops_per_sample": counter.flops / n, "scores": scores,
-           "placement": sorted({str(d) for d in placed.values()}) if placed else [str(adapter.device)],
+           "placement": sorted({str(d) for d in placed.values()}) if placed else [str(scorer.device)],
            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
-    del adapter
+    del scorer
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return out

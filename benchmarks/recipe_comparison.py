@@ -73,18 +73,18 @@ GRID = [
 REFERENCE = "lora-on-unbiased-data"  # not a recipe: how far a model that stops following the cue falls in-distribution
 
 
-def _predictions(adapter, examples, swap: bool = False) -> dict:
+def _predictions(scorer, examples, swap: bool = False) -> dict:
     import torch
 
     out = {"correct": [], "category": [], "cue": [], "cue_right": []}
     for i, ex in enumerate(examples):
-        p = adapter.prepare(ex)
+        p = scorer.prepare(ex)
         if swap:  # every patch replaced by the next example's image
             other = examples[(i + 1) % len(examples)].image
-            pred = adapter.predict(p, torch.zeros(1, adapter.patch_groups(p).n, dtype=torch.bool), baseline="swap",
+            pred = scorer.predict(p, torch.zeros(1, scorer.patch_groups(p).n, dtype=torch.bool), baseline="swap",
                                    swap_image=other)
         else:
-            pred = adapter.predict(p)
+            pred = scorer.predict(p)
         out["correct"].append(float(pred.correct))
         out["category"].append(ex.category)
         out["cue"].append(float(pred.text == ex.meta["cue_answer"]))
@@ -97,18 +97,18 @@ def evaluate(base: str, adapter_dir: Path | None, n_eval: int, n_audit: int) -> 
     from mbias.probes import PROBES, SampleContext
     from mbias.synth import load_synth
 
-    adapter = load_model(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
+    scorer = load_model(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
     out = {}
     for split in SPLITS:
         ds = load_synth(f"shapes-p90/{split}")
-        out[split] = _predictions(adapter, [ds[i] for i in range(n_eval)])
+        out[split] = _predictions(scorer, [ds[i] for i in range(n_eval)])
     ds = load_synth("shapes-p90/test-cp")
-    out["swap"] = _predictions(adapter, [ds[i] for i in range(n_eval)], swap=True)
+    out["swap"] = _predictions(scorer, [ds[i] for i in range(n_eval)], swap=True)
     ds = load_synth("shapes-p90/test-balanced")
     shapley, conflict = PROBES.get("modality_shapley")(), PROBES.get("conflict")()
     shares, follows = [], []
     for i in range(n_audit):
-        ctx = SampleContext(adapter, adapter.prepare(ds[i]))
+        ctx = SampleContext(scorer, scorer.prepare(ds[i]))
         shares.append(shapley.run(ctx)["language_share"])
         follows.append(conflict.run(ctx)["follows_text"])
     out["audit"] = {"language_share": [np.nan if s is None else s for s in shares],
@@ -120,8 +120,8 @@ def evaluate_val(base: str, adapter_dir: Path | None, n: int) -> dict:
     from mbias.data import load_data
     from mbias.models import load_model
 
-    adapter = load_model(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
-    return {name: _predictions(adapter, load_data(ref, max_samples=n).examples) for name, ref in VAL.items()}
+    scorer = load_model(base, adapter=str(adapter_dir) if adapter_dir else None, device="cpu")
+    return {name: _predictions(scorer, load_data(ref, max_samples=n).examples) for name, ref in VAL.items()}
 
 
 def expert_quality(base: str, n: int) -> dict:
@@ -134,7 +134,7 @@ def expert_quality(base: str, n: int) -> dict:
     from mbias.models import load_model
     from mbias.synth import load_synth
 
-    adapter = load_model(base, device="cpu")
+    scorer = load_model(base, device="cpu")
     table = PriorTable(load_data(TRAIN_DATA).examples, 0)
     out = {}
     for split in ("test-id", "test-cp"):
@@ -142,9 +142,9 @@ def expert_quality(base: str, n: int) -> dict:
         rows = {"no_image": [], "masked_image": [], "prior_table": []}
         for i in range(n):
             ex = ds[i]
-            preds = {"no_image": adapter.predict(adapter.prepare(ex, with_image=False)).text}
-            p = adapter.prepare(ex)
-            preds["masked_image"] = adapter.predict(p, torch.zeros(1, adapter.patch_groups(p).n, dtype=torch.bool)).text
+            preds = {"no_image": scorer.predict(scorer.prepare(ex, with_image=False)).text}
+            p = scorer.prepare(ex)
+            preds["masked_image"] = scorer.predict(p, torch.zeros(1, scorer.patch_groups(p).n, dtype=torch.bool)).text
             lp = table.log_probs(ex.question, ex.choices)
             preds["prior_table"] = ex.choices[int(np.argmax(lp))]
             for k, v in preds.items():

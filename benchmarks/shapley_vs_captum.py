@@ -33,24 +33,24 @@ import torch
 OUT = Path(__file__).parent / "results"
 
 
-def make_user_input(adapter, prepared, grid: int):
+def make_user_input(scorer, prepared, grid: int):
     """What a captum user writes for text tokens + image cells together: captum has no joint input, and
     LLMAttribution accepts only its own input classes, so one subclasses ImageMaskInput."""
     from captum.attr._utils.interpretable_input import ImageMaskInput
 
     from mbias.models import geometry
 
-    groups = adapter.patch_groups(prepared, grid)
+    groups = scorer.patch_groups(prepared, grid)
     question = prepared.question_positions.tolist()
     base_ids = prepared.prompt_ids.clone()
-    pad = adapter.text_baseline_id()
+    pad = scorer.text_baseline_id()
     image = prepared.image
-    blank = adapter.baseline_image(prepared, "blank")
-    prompt = adapter.build_prompt(prepared.example.question, True)
+    blank = scorer.baseline_image(prepared, "blank")
+    prompt = scorer.build_prompt(prepared.example.question, True)
 
     class ImageAndTextInput(ImageMaskInput):
         def __init__(self):
-            super().__init__(image, processor_fn=lambda img: adapter.process(prompt, img))
+            super().__init__(image, processor_fn=lambda img: scorer.process(prompt, img))
             self.n_itp_features = len(question) + groups.n
             self.values = list(prepared.question_tokens) + [f"cell{c}" for c in groups.cells]
 
@@ -63,7 +63,7 @@ def make_user_input(adapter, prepared, grid: int):
             keep = perturbed_tensor[0] > 0.5
             masked_cells = [groups.cells[g] for g in range(groups.n) if not keep[len(question) + g]]
             painted = geometry.paint_cells(image, blank, masked_cells, grid, prepared.view_box)
-            inputs = dict(adapter.process(prompt, painted))
+            inputs = dict(scorer.process(prompt, painted))
             ids = base_ids.clone()
             for k, pos in enumerate(question):
                 if not keep[k]:
@@ -74,17 +74,17 @@ def make_user_input(adapter, prepared, grid: int):
     return ImageAndTextInput()
 
 
-def captum_setup(adapter, prepared, grid: int):
+def captum_setup(scorer, prepared, grid: int):
     """The joint input and the attribution object, as a captum user builds them."""
     from captum.attr import LLMAttribution, ShapleyValueSampling
 
-    return make_user_input(adapter, prepared, grid), LLMAttribution(ShapleyValueSampling(adapter.model),
-                                                                    adapter.tokenizer)
+    return make_user_input(scorer, prepared, grid), LLMAttribution(ShapleyValueSampling(scorer.model),
+                                                                    scorer.tokenizer)
 
 
-def captum_user_path(adapter, prepared, grid: int, n_samples: int, seed: int) -> np.ndarray:
+def captum_user_path(scorer, prepared, grid: int, n_samples: int, seed: int) -> np.ndarray:
     torch.manual_seed(seed)
-    inp, llm_attr = captum_setup(adapter, prepared, grid)
+    inp, llm_attr = captum_setup(scorer, prepared, grid)
     with torch.no_grad():
         # use_cached_outputs=False: with captum 0.9's default (True) and transformers 5, captum's cached decoding
         # path calls prepare_inputs_for_generation, which drops pixel_values, so every coalition scores the model
@@ -93,10 +93,10 @@ def captum_user_path(adapter, prepared, grid: int, n_samples: int, seed: int) ->
     return res.seq_attr.detach().cpu().numpy().astype(np.float64)
 
 
-def check_same_game(adapter, prepared, grid: int, value_fn, n: int, n_checks: int = 4) -> None:
+def check_same_game(scorer, prepared, grid: int, value_fn, n: int, n_checks: int = 4) -> None:
     """captum's forward and mbias's value function must score the same coalitions alike, or errors against the
     exact values compare different games."""
-    inp, llm_attr = captum_setup(adapter, prepared, grid)
+    inp, llm_attr = captum_setup(scorer, prepared, grid)
     rng = np.random.default_rng(0)
     masks = [np.zeros(n, bool), np.ones(n, bool)] + [rng.random(n) < 0.5 for _ in range(n_checks - 2)]
     for m in masks:

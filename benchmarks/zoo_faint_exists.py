@@ -66,12 +66,12 @@ def main() -> None:
     for key, prior in PRIORS.items():
         name = f"shapes-p{key}"
         t0 = time.perf_counter()
-        adapter = load_model(str(build_zoo_model(name, progress=False)), device="cpu")
+        scorer = load_model(str(build_zoo_model(name, progress=False)), device="cpu")
         row = {"model": f"zoo:{name} (faint existence objects)", "prior": prior,
                "build_or_load_seconds": round(time.perf_counter() - t0, 1)}
         splits = {split: load_synth(f"{name}/{split}") for split in ("test-id", "test-cp", "test-balanced")}
         for split, ds in splits.items():
-            res = choice_accuracy(adapter, [ds[i] for i in range(args.n)])
+            res = choice_accuracy(scorer, [ds[i] for i in range(args.n)])
             row[split] = round(res["accuracy"], 4)
             row[f"{split}/per_category"] = {k: round(v, 3) for k, v in res["per_category"].items()}
         ds = splits["test-balanced"]
@@ -79,7 +79,7 @@ def main() -> None:
         recs, cats = [], []
         for i in range(args.n_shares):
             example = ds[i]
-            ctx = SampleContext(adapter, adapter.prepare(example), run_seed=0, swap_image=ds[(i + 1) % len(ds)].image)
+            ctx = SampleContext(scorer, scorer.prepare(example), run_seed=0, swap_image=ds[(i + 1) % len(ds)].image)
             recs.append(probe.run(ctx))
             cats.append(example.category)
 

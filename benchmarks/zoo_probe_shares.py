@@ -33,12 +33,12 @@ def main() -> None:
 
     rows = []
     for key, prior in PRIORS.items():
-        adapter = load_model(f"zoo:shapes-p{key}", device="cpu")
+        scorer = load_model(f"zoo:shapes-p{key}", device="cpu")
         ds = load_synth(f"shapes-p{key}/test-balanced")
         ms, mm = PROBES.get("modality_shapley")(), PROBES.get("mm_shap")(MMShapConfig(n_permutations=10))
         ms_recs, mm_recs, t0 = [], [], time.perf_counter()
         for i in range(args.n):
-            ctx = SampleContext(adapter, adapter.prepare(ds[i]), run_seed=0, swap_image=ds[(i + 1) % len(ds)].image)
+            ctx = SampleContext(scorer, scorer.prepare(ds[i]), run_seed=0, swap_image=ds[(i + 1) % len(ds)].image)
             ms_recs.append(ms.run(ctx))
             if i < args.n_mm:
                 mm_recs.append(mm.run(ctx))

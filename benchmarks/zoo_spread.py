@@ -63,11 +63,11 @@ def main() -> None:
         for threads in (int(t) for t in args.threads.split(",")):
             path = build(seed, threads, default_threads)
             info = json.loads((path / "zoo.json").read_text())
-            adapter = load_model(str(path), device="cpu")
+            scorer = load_model(str(path), device="cpu")
             row = {"seed": seed, "threads": threads, "build_seconds": info["build_seconds"]}
             for split in ("test-cp", "test-balanced"):
                 ds = load_synth(f"shapes-p90/{split}")
-                res = choice_accuracy(adapter, [ds[i] for i in range(args.n)])
+                res = choice_accuracy(scorer, [ds[i] for i in range(args.n)])
                 row[split], row[f"{split}/cue_rate"] = round(res["accuracy"], 4), round(res["cue_rate"], 4)
             rows.append(row)
             print(json.dumps(row), flush=True)

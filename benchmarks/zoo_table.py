@@ -41,12 +41,12 @@ def main() -> None:
         path = build_zoo_model(name, force=args.force, progress=False)
         wall = time.perf_counter() - t0
         info = json.loads((model_dir(zoo_entry(name)) / "zoo.json").read_text())
-        adapter = load_model(str(path), device="cpu")
+        scorer = load_model(str(path), device="cpu")
         row = {"model": f"zoo:{name}", "prior": PRIORS[key], "build_seconds": info["build_seconds"],
                "train_seconds": info["train_seconds"], "rebuilt_now": args.force, "wall_seconds": round(wall, 1)}
         for split in ("test-id", "test-cp", "test-balanced"):
             ds = load_synth(f"{name}/{split}")
-            res = choice_accuracy(adapter, [ds[i] for i in range(args.n)])
+            res = choice_accuracy(scorer, [ds[i] for i in range(args.n)])
             row[split] = round(res["accuracy"], 4)
             row[f"{split}/cue_rate"] = round(res["cue_rate"], 4)
             row[f"{split}/per_category"] = {k: round(v, 3) for k, v in res["per_category"].items()}

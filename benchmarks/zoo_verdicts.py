@@ -41,20 +41,20 @@ def broken_model(kind: str) -> str:
     folder = WORK / f"p90-{kind}"
     if (folder / "config.json").exists():
         return str(folder)
-    adapter = load_model("zoo:shapes-p90", device="cpu")
+    scorer = load_model("zoo:shapes-p90", device="cpu")
     with torch.no_grad():
         if kind == "blind":
-            for part in adapter._parts(adapter.projector_modules):
+            for part in scorer._parts(scorer.projector_modules):
                 for p in part.parameters():
                     p.zero_()
         else:  # every token of every question as the prompt tokenizes it, and the masking token
-            ids = {adapter.text_baseline_id()}
+            ids = {scorer.text_baseline_id()}
             for question in (q for qs in PHRASINGS.values() for q in qs):
-                enc = adapter.encode(Example("x", Image.new("RGB", (32, 32)), question, "yes"))
+                enc = scorer.encode(Example("x", Image.new("RGB", (32, 32)), question, "yes"))
                 ids |= set(enc.prompt_ids[enc.question_positions].tolist())
-            adapter.model.get_input_embeddings().weight[sorted(ids)] = 0.0
-    adapter.model.save_pretrained(folder)
-    adapter.processor.save_pretrained(folder)
+            scorer.model.get_input_embeddings().weight[sorted(ids)] = 0.0
+    scorer.model.save_pretrained(folder)
+    scorer.processor.save_pretrained(folder)
     return str(folder)
 
 

@@ -87,17 +87,17 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     loaded = _load_examples(data, config, on_error, state)
     examples = loaded.examples
     fingerprint = config.fingerprint(model, load.adapter, data)
-    adapter = load_model(model, for_process(load, state) if state else load, config=config.scoring)
+    scorer = load_model(model, for_process(load, state) if state else load, config=config.scoring)
     if rank == 0:
         _prepare_folder(out, fingerprint, overwrite)
         manifest = {
             "fingerprint": fingerprint, "model": model, "adapter": adapter_record(load.adapter), "data": data,
             "n_examples": len(examples), "skipped_records": loaded.skipped, "config": config.to_dict(),
-            "load": vars(load), "family": adapter.family,
-            "device_map": getattr(adapter.model, "hf_device_map", None),
-            "methods": {name: {"definition": p.definition, **p.describe(adapter)} for name, p in probes.items()},
-            "provenance": provenance(model_revision=getattr(adapter.model.config, "_commit_hash", None),
-                                     device=str(adapter.device), world_size=world),
+            "load": vars(load), "family": scorer.family,
+            "device_map": getattr(scorer.model, "hf_device_map", None),
+            "methods": {name: {"definition": p.definition, **p.describe(scorer)} for name, p in probes.items()},
+            "provenance": provenance(model_revision=getattr(scorer.model.config, "_commit_hash", None),
+                                     device=str(scorer.device), world_size=world),
         }
         store.write_json_atomic(out / store.MANIFEST, manifest)
     if state:
@@ -109,7 +109,7 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     todo = [i for i in range(len(examples)) if i % world == rank and examples[i].id not in done]
     if done and rank == 0:
         logger.info("resuming: %d of %d samples already done", len(done), len(examples))
-    _audit_samples(adapter, examples, todo, probes, config, store.shard_path(out, rank, world), on_error,
+    _audit_samples(scorer, examples, todo, probes, config, store.shard_path(out, rank, world), on_error,
                    progress and rank == 0, f"auditing (process 1 of {world})" if world > 1 else "auditing")
 
     if state:
@@ -165,7 +165,7 @@ def store_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _audit_samples(adapter, examples, todo, probes, config, path, on_error, progress, desc) -> None:
+def _audit_samples(scorer, examples, todo, probes, config, path, on_error, progress, desc) -> None:
     from tqdm.auto import tqdm
 
     writer = store.RecordWriter(path)
@@ -174,7 +174,7 @@ def _audit_samples(adapter, examples, todo, probes, config, path, on_error, prog
         for i in tqdm(todo, desc=desc, unit="sample", disable=not progress):
             ex = examples[i]
             try:
-                prepared = adapter.prepare(ex)
+                prepared = scorer.prepare(ex)
             except DataError as exc:
                 if on_error == "stop":
                     raise DataError(f"{exc}; the samples before it are saved, rerun the same command to "
@@ -183,7 +183,7 @@ def _audit_samples(adapter, examples, todo, probes, config, path, on_error, prog
                 logger.warning("skipping %s: %s", ex.id, exc)
                 continue
             partner = _swap_partner(examples, i)
-            ctx = SampleContext(adapter, prepared, run_seed=config.seed,
+            ctx = SampleContext(scorer, prepared, run_seed=config.seed,
                                 swap_image=partner.load_image() if partner is not None else None)
             t0 = time.perf_counter()
             full = ctx.outcome(KEEP, KEEP)

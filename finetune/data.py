@@ -27,10 +27,10 @@ NOIMAGE = MB + "noimage__"
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Examples encoded for one adapter on first access (and cached: epochs after the first are free)."""
+    """Examples encoded for one scorer on first access (and cached: epochs after the first are free)."""
 
-    def __init__(self, adapter, examples):
-        self.adapter, self.examples = adapter, examples
+    def __init__(self, scorer, examples):
+        self.scorer, self.examples = scorer, examples
         self._cache: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -38,7 +38,7 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         if i not in self._cache:
-            self._cache[i] = self.adapter.encode(self.examples[i])
+            self._cache[i] = self.scorer.encode(self.examples[i])
         return self._cache[i]
 
 
@@ -54,26 +54,26 @@ def check_label_space(examples, recipe_name: str, limit: int = 200) -> None:
 
 
 class RecipeCollator:
-    def __init__(self, adapter, *, unimodal: bool = False, label_space: bool = False, image_baseline: str = "blank",
+    def __init__(self, scorer, *, unimodal: bool = False, label_space: bool = False, image_baseline: str = "blank",
                  no_image: bool = False, extra=None):
-        self.adapter, self.unimodal, self.label_space = adapter, unimodal, label_space
+        self.scorer, self.unimodal, self.label_space = scorer, unimodal, label_space
         self.image_baseline, self.no_image, self.extra = image_baseline, no_image, extra
 
     def __call__(self, encoded: list) -> dict:
-        batch = collate(self.adapter, encoded)
+        batch = collate(self.scorer, encoded)
         out = dict(batch.model_inputs)
         out[MB + "answer_mask"] = batch.answer_mask
         out[MB + "question_mask"] = batch.question_mask
         if self.unimodal:
-            masked = collate(self.adapter, encoded, mask_question=True)
+            masked = collate(self.scorer, encoded, mask_question=True)
             out[MB + "text_masked_ids"] = masked.model_inputs["input_ids"]
             if encoded[0].has_image:
-                blank = collate(self.adapter, encoded, image=self.image_baseline)
+                blank = collate(self.scorer, encoded, image=self.image_baseline)
                 for key in batch.model_inputs:
                     if key.startswith("pixel") or key in ("image_grid_thw", "image_sizes"):
                         out[f"{MB}blank__{key}"] = blank.model_inputs[key]
         if self.no_image and encoded[0].has_image:
-            bare = collate(self.adapter, [self.adapter.encode(e.example, with_image=False) for e in encoded])
+            bare = collate(self.scorer, [self.scorer.encode(e.example, with_image=False) for e in encoded])
             out.update({NOIMAGE + k: v for k, v in bare.model_inputs.items() if k != "labels"})
             out[NOIMAGE + "answer_mask"] = bare.answer_mask
         if self.label_space:

@@ -27,16 +27,16 @@ from mbias.provenance import provenance
 logger = logging.getLogger(__name__)
 
 
-def _lora_model(adapter, config: FinetuneConfig, quantized: bool):
+def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     targets = []
     for side in config.lora_targets:
-        targets += [n for n in adapter.module_names(side) if not n.endswith("lm_head")]
+        targets += [n for n in scorer.module_names(side) if not n.endswith("lm_head")]
     if not targets:
-        raise ConfigError(f"no linear layers found for lora_targets={config.lora_targets} in {adapter.model_id}")
-    model = adapter.model
+        raise ConfigError(f"no linear layers found for lora_targets={config.lora_targets} in {scorer.model_id}")
+    model = scorer.model
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     torch.manual_seed(config.seed)
@@ -61,7 +61,7 @@ def _trim_log(path: Path, last_step: int) -> None:
 
 def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConfig | None = None, load=None,
                  on_error: str = "stop", progress: bool = True, resume: bool = False) -> Path:
-    """Fine-tune ``model`` on ``data`` with ``config.recipe``; returns the adapter folder."""
+    """Fine-tune ``model`` on ``data`` with ``config.recipe``; returns the output folder (a PEFT adapter, or the whole model with ``tune: full``)."""
     config = config or FinetuneConfig()
     trainer, resume_from = build_trainer(model, data, out, config=config, load=load, on_error=on_error,
                                          progress=progress, resume=resume)
@@ -72,13 +72,13 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)
         if config.tune == "full":  # a model folder loads with its processor
-            trainer.mbias_adapter.processor.save_pretrained(out)
+            trainer.mbias_scorer.processor.save_pretrained(out)
         steps = trainer.args.max_steps
         record = {"recipe": config.recipe, "recipe_config": vars(trainer.recipe.config),
                   "finetune": config.mbias_dict(),
                   "model": model, "data": data, "eval_data": trainer.mbias_eval_ref, "steps": steps,
                   "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, steps), 4),
-                  "provenance": provenance(device=str(trainer.mbias_adapter.device))}
+                  "provenance": provenance(device=str(trainer.mbias_scorer.device))}
         (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
     return out
 
@@ -110,8 +110,8 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     if eval_ref:
         eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples,
                                   columns=config.columns).examples
-    adapter = load_model(model, load, config=ScoringConfig(batch_size=64), adapter=None)
-    placed = set(getattr(adapter.model, "hf_device_map", {}).values())
+    scorer = load_model(model, load, config=ScoringConfig(batch_size=64), adapter=None)
+    placed = set(getattr(scorer.model, "hf_device_map", {}).values())
     if "disk" in placed or ("cpu" in placed and len(placed) > 1):
         raise ConfigError("fine-tuning cannot train layers offloaded to CPU or disk (the device map put some "
                           "there); give --max-memory room for the whole model on the GPUs, or add --load-in-4bit")
@@ -122,18 +122,18 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
         if recipe.uses_frozen_base:
             raise ConfigError(f"recipe {config.recipe!r} compares with the model before fine-tuning (adapters "
                               "disabled), which needs tune: lora")
-        peft_model = adapter.model
+        peft_model = scorer.model
         peft_model.requires_grad_(True)
     elif load.adapter:  # continue training a saved adapter
-        peft_model = attach_peft(adapter.model, load.adapter, is_trainable=True)
+        peft_model = attach_peft(scorer.model, load.adapter, is_trainable=True)
     else:
-        peft_model = _lora_model(adapter, config, quantized=load.load_in_4bit or load.load_in_8bit)
-    modality_of = {n: g for g, names in adapter.parameter_groups(peft_model).items() for n in names}
+        peft_model = _lora_model(scorer, config, quantized=load.load_in_4bit or load.load_in_8bit)
+    modality_of = {n: g for g, names in scorer.parameter_groups(peft_model).items() for n in names}
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     logger.info("training %d tensors (%s)", len(trainable), ", ".join(
         f"{m}: {sum(1 for n in trainable if modality_of.get(n) == m)}" for m in ("vision", "language")))
 
-    dataset = EncodedDataset(adapter, examples)
+    dataset = EncodedDataset(scorer, examples)
     per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
     steps = config.max_steps if config.max_steps > 0 else math.ceil(len(dataset) / per_step * config.num_train_epochs)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,14 +152,14 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     args = dataclasses.replace(
         config, output_dir=str(ckpt_dir), max_steps=steps,
         data_seed=config.seed if config.data_seed is None else config.data_seed,
-        use_cpu=config.use_cpu or adapter.device.type == "cpu",
+        use_cpu=config.use_cpu or scorer.device.type == "cpu",
         disable_tqdm=(not progress) if config.disable_tqdm is None else config.disable_tqdm)
     trainer = BalancedTrainer(
         model=peft_model, args=args, train_dataset=dataset,
-        data_collator=RecipeCollator(adapter, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space,
+        data_collator=RecipeCollator(scorer, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space,
                                      no_image=recipe.needs_no_image, image_baseline=recipe.image_baseline,
                                      extra=recipe.collate_extra),
-        recipe=recipe, modality_of=modality_of, log_path=log_path, adapter=adapter, eval_examples=eval_examples,
+        recipe=recipe, modality_of=modality_of, log_path=log_path, scorer=scorer, eval_examples=eval_examples,
         resume_checkpoint=str(resume_from) if resume_from else None,
     )
     trainer.mbias_eval_ref = eval_ref

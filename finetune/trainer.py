@@ -20,11 +20,11 @@ RECIPE_STATE = "recipe_state.pt"
 
 
 class BalancedTrainer(Trainer):
-    def __init__(self, *args, recipe, modality_of: dict[str, str], log_path: Path, adapter, eval_examples=None,
+    def __init__(self, *args, recipe, modality_of: dict[str, str], log_path: Path, scorer, eval_examples=None,
                  resume_checkpoint: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         recipe.check_launcher(self.launcher)
-        self.mbias_adapter = adapter  # scores the model being trained (LoRA is injected into its modules)
+        self.mbias_scorer = scorer  # scores the model being trained (LoRA is injected into its modules)
         self.mbias_eval_examples = eval_examples
         self._resume_checkpoint = resume_checkpoint
         self.recipe = recipe

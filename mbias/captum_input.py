@@ -2,7 +2,7 @@
 
 captum 0.9 has ``TextTokenInput`` and ``ImageMaskInput`` but no joint input, and ``LLMAttribution`` scores one
 coalition per forward pass. ``ImageTextInput`` gives captum's perturbation methods the joint player set; its
-``value`` scores a whole batch of coalitions through the model adapter, so captum's ``perturbations_per_eval``
+``value`` scores a whole batch of coalitions through the model scorer, so captum's ``perturbations_per_eval``
 turns into real batching.
 """
 
@@ -18,10 +18,10 @@ from mbias.shapley import ShapleyResult
 class ImageTextInput(InterpretableInput):
     """Features 0..Q-1 are the question tokens, Q..Q+G-1 the image patch groups of ``grid``."""
 
-    def __init__(self, adapter, prepared, grid: int | None = None, value: str = "logprob"):
+    def __init__(self, scorer, prepared, grid: int | None = None, value: str = "logprob"):
         super().__init__()
-        self.adapter, self.prepared, self.value_kind = adapter, prepared, value
-        self.groups = adapter.patch_groups(prepared, grid)
+        self.scorer, self.prepared, self.value_kind = scorer, prepared, value
+        self.groups = scorer.patch_groups(prepared, grid)
         self.n_text = prepared.n_question
         self.n_image = self.groups.n
         self.n_itp_features = self.n_text + self.n_image
@@ -35,7 +35,7 @@ class ImageTextInput(InterpretableInput):
         """(prompt ids [K, P], image feature rows [K, N, D]) of the coalitions in ``perturbed_tensor`` [K, n]."""
         masks = self.to_tensor() if perturbed_tensor is None else perturbed_tensor
         masks = masks.reshape(-1, self.n_itp_features) > 0.5
-        return self.adapter.variant_inputs(self.prepared, masks[:, self.n_text:], masks[:, :self.n_text],
+        return self.scorer.variant_inputs(self.prepared, masks[:, self.n_text:], masks[:, :self.n_text],
                                            grid=self.groups.grid)
 
     def value(self, masks: torch.Tensor) -> torch.Tensor:
@@ -43,10 +43,10 @@ class ImageTextInput(InterpretableInput):
         (``prob``), or log p(answer) renormalised over the example's choices (``choice``)."""
         ids, feats = self.to_model_input(masks.float())
         if self.value_kind == "choice":
-            scores = self.adapter.score_inputs(self.prepared, ids, feats, answers=self.prepared.choice_ids)
+            scores = self.scorer.score_inputs(self.prepared, ids, feats, answers=self.prepared.choice_ids)
             gold = self.prepared.example.choices.index(self.prepared.example.answer)
             return scores[:, gold] - torch.logsumexp(scores, dim=1)
-        logp = self.adapter.score_inputs(self.prepared, ids, feats)
+        logp = self.scorer.score_inputs(self.prepared, ids, feats)
         return logp.exp() if self.value_kind == "prob" else logp
 
     def format_attr(self, itp_attr: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ class MMShapConfig:
     value: str = field(default="auto", metadata={"help": "value function of the gold answer: auto (choice when the "
                                                          "example has choices, else logprob), logprob, prob, or "
                                                          "choice (log-prob renormalised over the choices)"})
-    batch_size: int = field(default=256, metadata={"help": "coalitions handed to the model adapter at once"})
+    batch_size: int = field(default=256, metadata={"help": "coalitions handed to the model scorer at once"})
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:

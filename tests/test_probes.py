@@ -17,7 +17,7 @@ from mbias.probes.mm_shap import MMShapConfig
 from mbias.shapley import exact_shapley, permutation_shapley
 from mbias.tiny import BUILDERS
 
-# every registered model type that has a tiny builder (test_adapters checks that each family has one)
+# every registered model type that has a tiny builder (test_scorers checks that each family has one)
 MODEL_TYPES = [t for family in FAMILIES for t in family.model_types if t in BUILDERS]
 
 
@@ -32,8 +32,8 @@ def llava(tiny_model_dir):
     return load_model(tiny_model_dir("llava"), device="cpu", config=ScoringConfig(patch_grid=2))
 
 
-def _ctx(adapter, image, **kw):
-    return SampleContext(adapter, adapter.prepare(_example(image, **kw)), run_seed=3, swap_image=image.rotate(90))
+def _ctx(scorer, image, **kw):
+    return SampleContext(scorer, scorer.prepare(_example(image, **kw)), run_seed=3, swap_image=image.rotate(90))
 
 
 def test_shapley_estimators_on_a_known_game():
@@ -54,8 +54,8 @@ def test_shapley_estimators_on_a_known_game():
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_modality_shapley_is_efficient_and_matches_mm_shap_totals(family, tiny_model_dir, shapes_image):
-    adapter = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
-    ctx = _ctx(adapter, shapes_image)
+    scorer = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
+    ctx = _ctx(scorer, shapes_image)
     ms = PROBES.get("modality_shapley")().run(ctx)
     assert ms["phi_image"] + ms["phi_text"] == pytest.approx(ms["v_full"] - ms["v_none"], abs=1e-6)
     assert ms["vision_share"] + ms["language_share"] == pytest.approx(1.0)
@@ -104,18 +104,18 @@ def test_same_seed_same_records_and_batching_does_not_matter(tiny_model_dir, sha
                 assert np.allclose(value, b[key], atol=1e-5), key
 
 
-def _zero_projector(adapter):
+def _zero_projector(scorer):
     with torch.no_grad():
-        for part in adapter._parts(adapter.projector_modules):
+        for part in scorer._parts(scorer.projector_modules):
             for p in part.parameters():
                 p.zero_()
 
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, shapes_image):
-    adapter = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
-    _zero_projector(adapter)
-    ctx = _ctx(adapter, shapes_image)
+    scorer = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
+    _zero_projector(scorer)
+    ctx = _ctx(scorer, shapes_image)
     ms = PROBES.get("modality_shapley")().run(ctx)
     assert ms["vision_share"] < 0.01
     mm = PROBES.get("mm_shap")(MMShapConfig(grid=2, estimator="permutation", n_permutations=4)).run(ctx)
@@ -124,12 +124,12 @@ def test_a_model_that_cannot_see_has_no_vision_share(family, tiny_model_dir, sha
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_a_model_that_cannot_read_has_no_language_share(family, tiny_model_dir, shapes_image):
-    adapter = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
-    prepared = adapter.prepare(_example(shapes_image))
-    ids = set(prepared.prompt_ids[prepared.question_positions].tolist()) | {adapter.text_baseline_id()}
+    scorer = load_model(tiny_model_dir(family), device="cpu", config=ScoringConfig(patch_grid=2))
+    prepared = scorer.prepare(_example(shapes_image))
+    ids = set(prepared.prompt_ids[prepared.question_positions].tolist()) | {scorer.text_baseline_id()}
     with torch.no_grad():
-        adapter.model.get_input_embeddings().weight[sorted(ids)] = 0.0
-    ctx = SampleContext(adapter, prepared, swap_image=shapes_image.rotate(90))
+        scorer.model.get_input_embeddings().weight[sorted(ids)] = 0.0
+    ctx = SampleContext(scorer, prepared, swap_image=shapes_image.rotate(90))
     ms = PROBES.get("modality_shapley")().run(ctx)
     assert ms["language_share"] < 0.01
     mm = PROBES.get("mm_shap")(MMShapConfig(grid=2, estimator="permutation", n_permutations=4)).run(ctx)
@@ -174,7 +174,7 @@ def test_summaries_resample_images_not_questions(llava, shapes_image):
     assert len(deg["image"]["accuracy_ci95"]) == len(deg["image"]["rates"])
 
 
-def _verdict_of(adapter, examples, swap_image):
+def _verdict_of(scorer, examples, swap_image):
     """The audit's verdict over ``examples`` from modality_shapley and conflict (question alone = the baseline
     image, so a model that cannot see gives exactly its full answer)."""
     from mbias.diagnose.verdict import verdict
@@ -184,7 +184,7 @@ def _verdict_of(adapter, examples, swap_image):
               "conflict": PROBES.get("conflict")(ConflictConfig(image_absent="baseline"))}
     records = {n: [] for n in probes}
     for ex in examples:
-        ctx = SampleContext(adapter, adapter.prepare(ex), swap_image=swap_image)
+        ctx = SampleContext(scorer, scorer.prepare(ex), swap_image=swap_image)
         for name, probe in probes.items():
             records[name].append(probe.run(ctx))
     groups = [ex.id for ex in examples]

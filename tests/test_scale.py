@@ -29,11 +29,11 @@ def _why(proc) -> str:
     return "\n".join(lines[:20]) or proc.stderr[-2000:]
 
 
-def _split_cpu_and_disk(adapter) -> dict[str, str]:
+def _split_cpu_and_disk(scorer) -> dict[str, str]:
     """A hand-written device map: the vision side on the CPU, the language model and the head offloaded to disk."""
-    vision = set(adapter.vision_modules + adapter.projector_modules)
-    placed = {f"model.{name}": "cpu" if name in vision else "disk" for name, _ in adapter.model.model.named_children()}
-    placed.update({f"model.{name}": "cpu" for name, _ in adapter.model.model.named_parameters(recurse=False)})
+    vision = set(scorer.vision_modules + scorer.projector_modules)
+    placed = {f"model.{name}": "cpu" if name in vision else "disk" for name, _ in scorer.model.model.named_children()}
+    placed.update({f"model.{name}": "cpu" for name, _ in scorer.model.model.named_parameters(recurse=False)})
     placed["lm_head"] = "disk"
     return placed
 

@@ -28,11 +28,11 @@ def _train_once(tmp_path, tag):
     from mbias.tiny import build_llava
 
     path = build_llava(tmp_path / tag, image_size=32, patch_size=8, seed=0)
-    adapter = load_model(str(path), device="cpu")
+    scorer = load_model(str(path), device="cpu")
     ds = load_synth("shapes-p90/train")
     with zoo._deterministic(0):
-        info = train_tiny(adapter, [ds[i] for i in range(64)], SMALL, progress=False)
-    return adapter.model.state_dict(), info
+        info = train_tiny(scorer, [ds[i] for i in range(64)], SMALL, progress=False)
+    return scorer.model.state_dict(), info
 
 
 def test_training_is_deterministic_and_learns(tmp_path):
@@ -49,8 +49,8 @@ def test_zoo_reference_builds_once_and_loads(small_zoo, capsys):
 
     assert main(["zoo", "list"]) == 0
     assert "not built" in capsys.readouterr().out
-    adapter = load_model("zoo:shapes-p90", device="cpu")
-    assert adapter.family == "llava"
+    scorer = load_model("zoo:shapes-p90", device="cpu")
+    assert scorer.family == "llava"
     path = zoo.zoo_model_path("shapes-p90", build=False)
     stamp = (path / "zoo.json").stat().st_mtime
     load_model("zoo:shapes-p90", device="cpu")  # cached: no rebuild

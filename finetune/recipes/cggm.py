@@ -96,7 +96,7 @@ class CGGMRecipe(Recipe):
         sums, counts, first, out = answer_forward(model, inputs, output_hidden_states=True)
         sft = -sums.sum() / counts.sum().clamp(min=1)
         hidden = out.hidden_states[cfg.layer].detach().float()
-        image_mask = inputs["input_ids"] == self.trainer.mbias_adapter.image_token_id
+        image_mask = inputs["input_ids"] == self.trainer.mbias_scorer.image_token_id
         pooled = {"vision": _pool(hidden, image_mask), "language": _pool(hidden, inputs["mb_question_mask"])}
         out_emb = self.trainer.accelerator.unwrap_model(model).get_output_embeddings()  # DDP hides the method
         emb = out_emb.weight.detach().float()[inputs["mb_choice_tokens"]]  # [B, C, D]

@@ -82,8 +82,8 @@ class MILESRecipe(Recipe):
         model = t.model
         was_training = model.training
         model.eval()
-        data = EncodedDataset(t.mbias_adapter, t.mbias_eval_examples)
-        collate = RecipeCollator(t.mbias_adapter, unimodal=True, label_space=True)
+        data = EncodedDataset(t.mbias_scorer, t.mbias_eval_examples)
+        collate = RecipeCollator(t.mbias_scorer, unimodal=True, label_space=True)
         variants = (FULL, IMAGE_MASKED, QUESTION_MASKED)
         totals = torch.zeros(len(variants), device=t.args.device)
         # under DDP each process measures every num_processes-th batch of 64 and the counts are summed

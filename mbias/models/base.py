@@ -1,11 +1,11 @@
-"""The model adapter: one interface over HF image-text models, so probes and recipes never see architectures.
+"""The model scorer: one interface over HF image-text models, so probes and recipes never see architectures.
 
 How scoring works, for every family: the vision tower runs once per example (``model.get_image_features``) and
 its projected features are kept flat, one row per image placeholder token. A masked variant swaps some of those
 rows for the baseline image's rows (feature-level masking) and some question token ids for a neutral id, then
 goes through the model's own ``forward`` with ``mm_encoder_outputs`` in place of ``pixel_values``. The model
 therefore does its own placeholder scatter, M-RoPE positions (Qwen2-VL) and prefix-LM mask (PaliGemma): the
-adapter only needs to know how a family lays image tokens out in space and how it words a prompt.
+scorer only needs to know how a family lays image tokens out in space and how it words a prompt.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _FORWARD_META_KEYS = ("image_grid_thw",)
 
 
 class Scorer(ScoringMixin):
-    """Base adapter; families override the few hooks marked below."""
+    """Base scorer; families override the few hooks marked below."""
 
     family: ClassVar[str] = "generic"
     model_types: ClassVar[tuple[str, ...]] = ()

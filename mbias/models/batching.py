@@ -58,22 +58,22 @@ def right_pad(prompts: list[torch.Tensor], answers: list[torch.Tensor], pad_id: 
     return out
 
 
-def collate(adapter, encoded: list[Encoded], *, mask_question: bool = False, image: str = "full",
+def collate(scorer, encoded: list[Encoded], *, mask_question: bool = False, image: str = "full",
             answers: list[torch.Tensor] | None = None) -> Batch:
     """Right-padded batch of prompt + answer; ``image`` is ``full`` or a whole-image baseline kind."""
-    tok = adapter.tokenizer
+    tok = scorer.tokenizer
     answers = answers or [e.answer_ids for e in encoded]
     inputs = right_pad([e.prompt_ids for e in encoded], answers, tok.pad_token_id if tok.pad_token_id is not None
-                       else 0, [e.token_inputs for e in encoded], adapter._answer_fill)
+                       else 0, [e.token_inputs for e in encoded], scorer._answer_fill)
     answer_mask = inputs.pop("answer_mask")
     inputs["labels"] = inputs["input_ids"].masked_fill(~answer_mask, IGNORE_INDEX)
     question_mask = torch.zeros_like(answer_mask)
     for b, e in enumerate(encoded):
         question_mask[b, e.question_positions] = True
         if mask_question:
-            inputs["input_ids"][b, e.question_positions] = adapter.text_baseline_id()
+            inputs["input_ids"][b, e.question_positions] = scorer.text_baseline_id()
     if encoded[0].has_image:
-        pixels = [e.pixel_inputs if image == "full" else adapter.baseline_pixels(e, image) for e in encoded]
+        pixels = [e.pixel_inputs if image == "full" else scorer.baseline_pixels(e, image) for e in encoded]
         for key in pixels[0]:
             inputs[key] = _cat_pixels([p[key] for p in pixels])
     return Batch(inputs, answer_mask, question_mask)

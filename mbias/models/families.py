@@ -1,4 +1,4 @@
-"""One adapter per architecture family: prompt wording and where each image token sits in the picture."""
+"""One scorer per architecture family: prompt wording and where each image token sits in the picture."""
 
 from __future__ import annotations
 

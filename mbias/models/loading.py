@@ -1,4 +1,4 @@
-"""Resolve a model reference (hub id, local folder, ``zoo:NAME``) and load it behind the right adapter."""
+"""Resolve a model reference (hub id, local folder, ``zoo:NAME``) and load it behind the right scorer."""
 
 from __future__ import annotations
 
@@ -66,12 +66,12 @@ def pick_dtype(dtype: str, device):
 
 def load_model(model_ref: str, options: LoadOptions | None = None, *, config: ScoringConfig | None = None,
                  is_trainable: bool = False, **fields) -> Scorer:
-    """Load processor + model (+ optional PEFT adapter) and wrap them in the family's adapter.
+    """Load processor + model (+ optional PEFT adapter) and wrap them in the family's scorer.
 
     ``options`` says how (``LoadOptions``); ``fields`` override some of them, for scripts:
     ``load_model(ref, device="cpu")``. With ``device_map`` the model is split by accelerate's big-model
     inference (GPUs, then CPU, then the offload folder); its hooks move activations between devices, so the
-    adapter feeds every input to the main device and scores equal the single-device path's.
+    scorer feeds every input to the main device and scores equal the single-device path's.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -91,7 +91,7 @@ def load_model(model_ref: str, options: LoadOptions | None = None, *, config: Sc
                 f"{model_ref!r} is a {model_type} model, which takes no images; mbias audits image-text models: "
                 f"{supported_families()}, or any model with get_image_features and an image token")
         cls = Scorer
-        logger.warning("%s is a %s model: no dedicated adapter, using the generic path (image tokens assumed "
+        logger.warning("%s is a %s model: no dedicated scorer, using the generic path (image tokens assumed "
                        "to form a square row-major grid)", model_ref, model_type)
 
     dev = pick_device(opts.device)

@@ -28,7 +28,7 @@ class ScoringMixin:
                        *, baseline: str | None = None, swap_image=None, grid: int | None = None):
         """Prompt ids [V, P] and image feature rows [V, N, D] (or None) for keep-masks over players.
 
-        ``image_keep`` [V, G]: the G patch groups of ``adapter.patch_groups(prepared, grid)``;
+        ``image_keep`` [V, G]: the G patch groups of ``scorer.patch_groups(prepared, grid)``;
         ``text_keep`` [V, Q]: the question tokens. None keeps everything of that modality.
         """
         n_var = 1 if image_keep is None and text_keep is None else (

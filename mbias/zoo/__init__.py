@@ -142,13 +142,13 @@ def _train_into(entry: ZooEntry, tmp: Path, progress: bool) -> dict:
     t0 = time.perf_counter()
     build_llava(tmp, hidden=cfg.hidden, text_layers=cfg.text_layers, vision_layers=cfg.vision_layers,
                 image_size=cfg.image_size, patch_size=cfg.patch_size, vision_hidden=cfg.vision_hidden, seed=cfg.seed)
-    adapter = load_model(str(tmp), device="cpu", dtype="float32")
+    scorer = load_model(str(tmp), device="cpu", dtype="float32")
     data = load_data(entry.data, max_samples=cfg.train_size).examples
     with _deterministic(cfg.seed):
-        info = train_tiny(adapter, [data[i] for i in range(len(data))], cfg, progress=progress)
-    adapter.model.save_pretrained(tmp)
+        info = train_tiny(scorer, [data[i] for i in range(len(data))], cfg, progress=progress)
+    scorer.model.save_pretrained(tmp)
     evaluation = load_synth(f"{entry.data.rsplit('/', 1)[0]}/{EVAL_SPLIT}")
-    acc = choice_accuracy(adapter, [evaluation[i] for i in range(min(EVAL_SIZE, len(evaluation)))])
+    acc = choice_accuracy(scorer, [evaluation[i] for i in range(min(EVAL_SIZE, len(evaluation)))])
     record = {"name": entry.name, "key": entry.key(), "data": entry.data, "train_config": cfg.to_dict(),
               "zoo_version": ZOO_VERSION, "torch": torch.__version__,
               "build_seconds": round(time.perf_counter() - t0, 1), **info, "eval": {EVAL_SPLIT: acc}}

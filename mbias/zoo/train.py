@@ -47,16 +47,16 @@ def _lr_at(step: int, cfg: ZooTrainConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train_tiny(adapter, train_examples, cfg: ZooTrainConfig, progress: bool = True) -> dict:
-    """Full-parameter training of ``adapter.model`` on the answer tokens; returns timing and the loss curve."""
+def train_tiny(scorer, train_examples, cfg: ZooTrainConfig, progress: bool = True) -> dict:
+    """Full-parameter training of ``scorer.model`` on the answer tokens; returns timing and the loss curve."""
     from tqdm.auto import tqdm
 
-    model = adapter.model
+    model = scorer.model
     model.train()
     t0 = time.perf_counter()
-    encoded = [adapter.encode(ex) for ex in train_examples]
+    encoded = [scorer.encode(ex) for ex in train_examples]
     encode_s = time.perf_counter() - t0
-    groups = adapter.parameter_groups()
+    groups = scorer.parameter_groups()
     params = dict(model.named_parameters())
     vision = [params[n] for n in groups["vision"]]
     rest = [params[n] for n in groups["language"] + groups["other"]]
@@ -71,7 +71,7 @@ def train_tiny(adapter, train_examples, cfg: ZooTrainConfig, progress: bool = Tr
             order, cursor = torch.randperm(len(encoded), generator=gen), 0
         idx = order[cursor:cursor + cfg.batch_size].tolist()
         cursor += cfg.batch_size
-        batch = collate(adapter, [encoded[i] for i in idx])
+        batch = collate(scorer, [encoded[i] for i in idx])
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg) * group["mult"]
         loss = answer_loss(model, batch)
@@ -90,13 +90,13 @@ def train_tiny(adapter, train_examples, cfg: ZooTrainConfig, progress: bool = Tr
 
 
 @torch.no_grad()
-def choice_accuracy(adapter, examples, progress: bool = False) -> dict:
+def choice_accuracy(scorer, examples, progress: bool = False) -> dict:
     """Accuracy (argmax over choices) overall and per category, plus the share of answers equal to the cue."""
     from tqdm.auto import tqdm
 
     correct, per_cat, follows = 0, {}, 0
     for ex in tqdm(examples, desc="evaluating", disable=not progress, leave=False):
-        pred = adapter.predict(adapter.prepare(ex))
+        pred = scorer.predict(scorer.prepare(ex))
         correct += pred.correct
         c = per_cat.setdefault(ex.category, [0, 0])
         c[0] += pred.correct

@@ -26,10 +26,10 @@ def _example(image, **kw):
     return Example(**fields)
 
 
-def _reference_logprob(adapter, prepared):
-    """log p(answer) from the model's own forward on processor output (pixel_values, no adapter shortcuts)."""
-    prompt = adapter.build_prompt(prepared.example.question, True)
-    inputs = adapter.process(prompt, prepared.image)
+def _reference_logprob(scorer, prepared):
+    """log p(answer) from the model's own forward on processor output (pixel_values, no scorer shortcuts)."""
+    prompt = scorer.build_prompt(prepared.example.question, True)
+    inputs = scorer.process(prompt, prepared.image)
     n_ans = prepared.answer_ids.numel()
     ids = torch.cat([inputs["input_ids"], prepared.answer_ids.unsqueeze(0)], dim=1)
     kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "labels")}
@@ -38,51 +38,51 @@ def _reference_logprob(adapter, prepared):
         if key in kwargs:
             kwargs[key] = torch.cat([kwargs[key], torch.full((1, n_ans), fill, dtype=kwargs[key].dtype)], dim=1)
     with torch.no_grad():
-        logits = adapter.model(**kwargs).logits[0].float()
+        logits = scorer.model(**kwargs).logits[0].float()
     logp = torch.log_softmax(logits, dim=-1)
     P = inputs["input_ids"].shape[1]
     return float(sum(logp[P - 1 + t, prepared.answer_ids[t]] for t in range(n_ans)))
 
 
 @pytest.fixture(scope="module", params=MODEL_TYPES)
-def adapter(request, tiny_model_dir):
+def scorer(request, tiny_model_dir):
     return load_model(tiny_model_dir(request.param), device="cpu")
 
 
-def test_prepare_locates_question_image_and_answer(adapter, shapes_image):
-    p = adapter.prepare(_example(shapes_image))
+def test_prepare_locates_question_image_and_answer(scorer, shapes_image):
+    p = scorer.prepare(_example(shapes_image))
     assert "".join(p.question_tokens).strip() == "What colour is the circle?"
     assert p.n_image_tokens > 0 and p.features.shape[0] == p.n_image_tokens
     assert set(p.image_positions.tolist()).isdisjoint(p.question_positions.tolist())
-    assert (p.prompt_ids[p.image_positions] == adapter.image_token_id).all()
+    assert (p.prompt_ids[p.image_positions] == scorer.image_token_id).all()
     # every cell of the default 4x4 grid holds at least one image token on these models
-    groups = adapter.patch_groups(p)
-    assert groups.n == adapter.config.patch_grid ** 2
+    groups = scorer.patch_groups(p)
+    assert groups.n == scorer.config.patch_grid ** 2
     assert set(groups.token_group.tolist()) == set(range(groups.n))
     # a grid finer than the token raster keeps only the non-empty cells as players
-    fine = adapter.patch_groups(p, grid=12)
+    fine = scorer.patch_groups(p, grid=12)
     assert fine.n <= p.n_image_tokens and set(fine.token_group.tolist()) == set(range(fine.n))
-    assert adapter.tokenizer.decode(p.answer_ids).strip() == "red"
+    assert scorer.tokenizer.decode(p.answer_ids).strip() == "red"
 
 
-def test_unmasked_score_equals_models_own_forward(adapter, shapes_image):
-    p = adapter.prepare(_example(shapes_image))
-    ours = float(adapter.score(p)[0])
-    assert ours == pytest.approx(_reference_logprob(adapter, p), abs=1e-5)
+def test_unmasked_score_equals_models_own_forward(scorer, shapes_image):
+    p = scorer.prepare(_example(shapes_image))
+    ours = float(scorer.score(p)[0])
+    assert ours == pytest.approx(_reference_logprob(scorer, p), abs=1e-5)
 
 
-def test_batching_and_order_do_not_change_scores(adapter, shapes_image):
-    p = adapter.prepare(_example(shapes_image))
-    G, Q = adapter.config.patch_grid ** 2, p.n_question
+def test_batching_and_order_do_not_change_scores(scorer, shapes_image):
+    p = scorer.prepare(_example(shapes_image))
+    G, Q = scorer.config.patch_grid ** 2, p.n_question
     gen = torch.Generator().manual_seed(0)
     ik = torch.rand(6, G, generator=gen) > 0.5
     tk = torch.rand(6, Q, generator=gen) > 0.5
     ik[0], tk[0] = True, True  # the unmasked variant, inside a batch of masked ones
-    batch = adapter.score(p, ik, tk)
-    single = adapter.score(p, ik[:1], tk[:1])
+    batch = scorer.score(p, ik, tk)
+    single = scorer.score(p, ik[:1], tk[:1])
     assert float(batch[0]) == pytest.approx(float(single[0]), abs=1e-5)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
-    assert torch.allclose(adapter.score(p, ik[perm], tk[perm]), batch[perm], atol=1e-5)
+    assert torch.allclose(scorer.score(p, ik[perm], tk[perm]), batch[perm], atol=1e-5)
     # masked variants really differ from the full input
     assert not torch.allclose(batch[1:], batch[:1].expand(5), atol=1e-6)
 
@@ -97,37 +97,37 @@ def test_small_batch_size_gives_same_scores(tiny_model_dir, shapes_image):
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_choices_scores_match_single_answer_scores(adapter, shapes_image):
+def test_choices_scores_match_single_answer_scores(scorer, shapes_image):
     ex = _example(shapes_image)
-    p = adapter.prepare(ex)
-    per_choice = adapter.score(p, answers=p.choice_ids)[0]
+    p = scorer.prepare(ex)
+    per_choice = scorer.score(p, answers=p.choice_ids)[0]
     for i, choice in enumerate(ex.choices):
-        alone = adapter.prepare(_example(shapes_image, answer=choice))
-        assert float(per_choice[i]) == pytest.approx(float(adapter.score(alone)[0]), abs=1e-5)
-    pred = adapter.predict(p)
+        alone = scorer.prepare(_example(shapes_image, answer=choice))
+        assert float(per_choice[i]) == pytest.approx(float(scorer.score(alone)[0]), abs=1e-5)
+    pred = scorer.predict(p)
     assert pred.text == ex.choices[int(per_choice.argmax())]
 
 
-def test_pixel_masking_of_every_group_equals_the_baseline_image(adapter, shapes_image):
+def test_pixel_masking_of_every_group_equals_the_baseline_image(scorer, shapes_image):
     """Painting all cells with the baseline is the baseline image, whichever masking level computes it."""
-    G = adapter.config.patch_grid ** 2
+    G = scorer.config.patch_grid ** 2
     none_kept = torch.zeros(1, G, dtype=torch.bool)
-    p = adapter.prepare(_example(shapes_image))
-    feature_level = adapter.score(p, none_kept)
-    adapter.config.masking = "pixel"
+    p = scorer.prepare(_example(shapes_image))
+    feature_level = scorer.score(p, none_kept)
+    scorer.config.masking = "pixel"
     try:
-        p2 = adapter.prepare(_example(shapes_image))
-        pixel_level = adapter.score(p2, none_kept)
-        unmasked = adapter.score(p2)
+        p2 = scorer.prepare(_example(shapes_image))
+        pixel_level = scorer.score(p2, none_kept)
+        unmasked = scorer.score(p2)
     finally:
-        adapter.config.masking = "feature"
+        scorer.config.masking = "feature"
     assert float(pixel_level[0]) == pytest.approx(float(feature_level[0]), abs=1e-4)
-    assert float(unmasked[0]) == pytest.approx(float(adapter.score(p)[0]), abs=1e-5)
+    assert float(unmasked[0]) == pytest.approx(float(scorer.score(p)[0]), abs=1e-5)
 
 
-def _zero_projector(adapter):
-    parts = adapter._parts(adapter.projector_modules)
-    assert parts, f"{adapter.family}: no projector found"
+def _zero_projector(scorer):
+    parts = scorer._parts(scorer.projector_modules)
+    assert parts, f"{scorer.family}: no projector found"
     with torch.no_grad():
         for part in parts:
             for prm in part.parameters():
@@ -136,15 +136,15 @@ def _zero_projector(adapter):
 
 @pytest.mark.parametrize("family", MODEL_TYPES)
 def test_zeroed_projector_makes_every_image_variant_score_the_same(family, tiny_model_dir, shapes_image):
-    adapter = load_model(tiny_model_dir(family), device="cpu")
-    _zero_projector(adapter)
-    p = adapter.prepare(_example(shapes_image))
-    G = adapter.config.patch_grid ** 2
+    scorer = load_model(tiny_model_dir(family), device="cpu")
+    _zero_projector(scorer)
+    p = scorer.prepare(_example(shapes_image))
+    G = scorer.config.patch_grid ** 2
     ik = torch.rand(5, G, generator=torch.Generator().manual_seed(2)) > 0.5
-    full = adapter.score(p)
+    full = scorer.score(p)
     for baseline in ("blank", "noise", "black"):
-        assert torch.allclose(adapter.score(p, ik, baseline=baseline), full.expand(5), atol=1e-5)
-    swapped = adapter.score(p, torch.zeros(1, G, dtype=torch.bool), baseline="swap",
+        assert torch.allclose(scorer.score(p, ik, baseline=baseline), full.expand(5), atol=1e-5)
+    swapped = scorer.score(p, torch.zeros(1, G, dtype=torch.bool), baseline="swap",
                             swap_image=shapes_image.rotate(90))
     assert float(swapped[0]) == pytest.approx(float(full[0]), abs=1e-5)
 
@@ -167,22 +167,22 @@ def test_lora_adapter_loads_and_changes_scores(tiny_model_dir, shapes_image, tmp
     assert any("lora_" in n for n in groups["language"]) and not any("lora_" in n for n in groups["vision"])
 
 
-def test_text_only_prepare_has_no_image(adapter, shapes_image):
-    p = adapter.prepare(_example(shapes_image), with_image=False)
+def test_text_only_prepare_has_no_image(scorer, shapes_image):
+    p = scorer.prepare(_example(shapes_image), with_image=False)
     assert not p.has_image and p.n_image_tokens == 0 and p.n_question > 0
-    assert torch.isfinite(adapter.score(p)).all()
+    assert torch.isfinite(scorer.score(p)).all()
 
 
-def test_attention_maps_cover_the_whole_sequence(adapter, shapes_image):
-    p = adapter.prepare(_example(shapes_image))
-    att = adapter.attentions(p)
-    n_layers = adapter.model.config.get_text_config().num_hidden_layers
+def test_attention_maps_cover_the_whole_sequence(scorer, shapes_image):
+    p = scorer.prepare(_example(shapes_image))
+    att = scorer.attentions(p)
+    n_layers = scorer.model.config.get_text_config().num_hidden_layers
     assert att.shape[0] == n_layers and att.shape[2] == p.answer_ids.numel()
     assert att.shape[3] == p.prompt_ids.numel() + p.answer_ids.numel()
     assert torch.allclose(att.sum(-1), torch.ones_like(att.sum(-1)), atol=1e-4)
 
 
-def test_parameter_groups_split_vision_and_language(adapter):
-    groups = adapter.parameter_groups()
+def test_parameter_groups_split_vision_and_language(scorer):
+    groups = scorer.parameter_groups()
     assert groups["vision"] and groups["language"] and not groups["other"]
     assert not set(groups["vision"]) & set(groups["language"])
