@@ -43,6 +43,11 @@ class FinetuneConfig(TrainingArguments):
     lora_targets: list[str] = field(default_factory=lambda: ["language", "projector"], metadata={
         "help": "where LoRA goes: language (the LLM's linear layers), projector, vision (the vision tower; off "
                 "by default). The projector is the vision side the balancing recipes can steer"})
+    lora_routing: bool = field(default=False, metadata={
+        "help": "modality-routed LoRA inside the LLM (MokA/IMoD-style): besides the shared LoRA, one applied only at "
+                "image-token positions (the 'vision' group) and one only at text positions ('language'), so the "
+                "balancing recipes steer the fusion model's own vision and language weights; the shared part "
+                "trains at the base rate (docs/recipes.md)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     columns: dict | str = field(default_factory=dict, metadata={
         "help": "dataset columns under other names, e.g. answer=multiple_choice_answer,question=text (applies "
@@ -73,6 +78,13 @@ class FinetuneConfig(TrainingArguments):
         if bad or not self.lora_targets:
             raise ConfigError(f"lora_targets must be a non-empty subset of {', '.join(LORA_SIDES)}; got "
                               f"{self.lora_targets}")
+        if self.lora_routing and self.tune != "lora":
+            raise ConfigError("lora_routing adds routed LoRA weights, so it needs tune: lora; drop one of them")
+        if self.lora_routing and "language" not in self.lora_targets:
+            raise ConfigError("lora_routing routes the LLM's LoRA by token, so lora_targets must include language")
+        if self.lora_routing and self.gradient_checkpointing:
+            raise ConfigError("lora_routing reads the image positions from the ids of the forward pass running now; "
+                              "gradient checkpointing recomputes layers later, after other passes: drop one of them")
         if isinstance(self.recipe_config, str):
             import yaml
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from mbias.config import build_config
 from mbias.errors import ConfigError
 from mbias.finetune.config import FinetuneConfig
+from mbias.models.routing import is_routed, mark_routed, route_groups
 from mbias.outdir import check_out_dir
 from mbias.provenance import provenance
 
@@ -31,9 +32,8 @@ def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    targets = []
-    for side in config.lora_targets:
-        targets += [n for n in scorer.module_names(side) if not n.endswith("lm_head")]
+    names = {side: [n for n in scorer.module_names(side) if not n.endswith("lm_head")] for side in config.lora_targets}
+    targets = [n for side in config.lora_targets for n in names[side]]
     if not targets:
         raise ConfigError(f"no linear layers found for lora_targets={config.lora_targets} in {scorer.model_id}")
     model = scorer.model
@@ -41,9 +41,14 @@ def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     torch.manual_seed(config.seed)
     # exact module names: a bare suffix such as "q_proj" would also catch the vision tower's attention
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, bias="none")
-    return get_peft_model(model, lora)
+    kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none")
+    peft_model = get_peft_model(model, LoraConfig(target_modules=targets, **kwargs))
+    if config.lora_routing:
+        from mbias.models.routing import add_routes, install_routing
+
+        add_routes(peft_model, names["language"], kwargs)
+        install_routing(peft_model, scorer.image_token_id)
+    return peft_model
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
@@ -71,6 +76,8 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
     out = Path(out)
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)
+        if config.tune == "lora" and is_routed(trainer.model):
+            mark_routed(out)
         if config.tune == "full":  # a model folder loads with its processor
             trainer.mbias_scorer.processor.save_pretrained(out)
         steps = trainer.args.max_steps
@@ -129,9 +136,11 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     else:
         peft_model = _lora_model(scorer, config, quantized=load.load_in_4bit or load.load_in_8bit)
     modality_of = {n: g for g, names in scorer.parameter_groups(peft_model).items() for n in names}
+    if is_routed(peft_model):
+        modality_of = route_groups(modality_of)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     logger.info("training %d tensors (%s)", len(trainable), ", ".join(
-        f"{m}: {sum(1 for n in trainable if modality_of.get(n) == m)}" for m in ("vision", "language")))
+        f"{m}: {sum(1 for n in trainable if modality_of.get(n) == m)}" for m in ("vision", "language", "shared")))
 
     dataset = EncodedDataset(scorer, examples)
     per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps

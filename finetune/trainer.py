@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from mbias.models.routing import activate_routes, is_routed
+
 logger = logging.getLogger(__name__)
 
 RECIPE_STATE = "recipe_state.pt"
@@ -75,6 +77,14 @@ class BalancedTrainer(Trainer):
 
     def params_of(self, modality: str) -> list[torch.nn.Parameter]:
         return [p for i in self.group_indices(modality) for p in self.optimizer.param_groups[i]["params"]]
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        # transformers reloads every saved adapter but keeps only the first one active and trainable; a routed
+        # adapter (mbias.models.routing) trains all three parts
+        peft_model = model if model is not None else self.model
+        if is_routed(peft_model):
+            activate_routes(peft_model, trainable=True)
 
     # ---- one step, decided by the recipe
     def training_step(self, model, inputs, num_items_in_batch=None):

@@ -94,12 +94,10 @@ class Scorer(ScoringMixin):
         return next(self.model.parameters()).device
 
     def _image_token_id(self) -> int:
-        cfg = self.model.config
-        for name in ("image_token_id", "image_token_index"):
-            value = getattr(cfg, name, None)
-            if value is not None:
-                return int(value)
-        raise MbiasError(f"{self.model_id}: the model config names no image token (image_token_id)")
+        value = image_token_id(self.model.config)
+        if value is None:
+            raise MbiasError(f"{self.model_id}: the model config names no image token (image_token_id)")
+        return value
 
     def encode_answer(self, prompt: str, answer: str) -> torch.Tensor:
         """Answer token ids as the model would produce them right after ``prompt`` (context-aware split)."""
@@ -361,3 +359,12 @@ class Scorer(ScoringMixin):
                 out.extend(f"{qual}.{sub}" if sub else qual for sub, m in mod.named_modules()
                            if isinstance(m, torch.nn.Linear))
         return out
+
+
+def image_token_id(config) -> int | None:
+    """The id of the image placeholder token in a model's config (its name differs between families)."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return None

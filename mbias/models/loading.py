@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 from mbias.errors import ConfigError, ModelLoadError
-from mbias.models.base import Scorer
+from mbias.models.base import Scorer, image_token_id
 from mbias.models.config import DEVICE_MAP_STRATEGIES, LoadOptions, ScoringConfig
 from mbias.models.families import scorer_class_for, supported_families
+from mbias.models.routing import ROUTING_FILE, attach_routes, routing_record
 
 logger = logging.getLogger(__name__)
 
@@ -228,9 +229,16 @@ def attach_peft(model, adapter: str, *, is_trainable: bool = False):
     if apath.exists() and not (apath / "adapter_config.json").exists():
         raise ModelLoadError(f"{adapter} has no adapter_config.json; pass the folder a PEFT adapter was saved to")
     try:
-        return PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter, is_trainable=is_trainable)
+        peft_model = PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter,
+                                               is_trainable=is_trainable)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load adapter {adapter!r}: {_first_line(exc)}") from None
+    if routing_record(adapter):  # a modality-routed adapter: its image- and text-position parts too
+        token = image_token_id(model.config)
+        if token is None:
+            raise ModelLoadError(f"{adapter} is a routed adapter, but the model's config names no image token")
+        attach_routes(peft_model, adapter, is_trainable=is_trainable, image_token_id=token)
+    return peft_model
 
 
 def adapter_record(adapter: str | None) -> dict | None:
@@ -249,4 +257,5 @@ def adapter_record(adapter: str | None) -> dict | None:
         except (OSError, ValueError):
             continue
         record.update({ours: info[theirs] for theirs, ours in fields.items() if info.get(theirs) is not None})
+    record["routed"] = (folder / ROUTING_FILE).exists()
     return record
