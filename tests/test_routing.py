@@ -9,14 +9,17 @@ import shutil
 import pytest
 import torch
 
+from mbias.data import load_data
 from mbias.errors import ConfigError
 from mbias.finetune.config import FinetuneConfig
 from mbias.finetune.recipes import RECIPES
 from mbias.finetune.run import build_trainer, run_finetune
-from mbias.models import LoadOptions, load_model
+from mbias.models import FAMILIES, LoadOptions, load_model
 from mbias.models.routing import ROUTES, ROUTING_FILE
+from mbias.tiny import BUILDERS
 
 DATA = "synth:shapes-p90/train"
+MODEL_TYPES = [t for family in FAMILIES for t in family.model_types if t in BUILDERS]
 
 
 def _config(recipe="lora", **kw):
@@ -26,24 +29,27 @@ def _config(recipe="lora", **kw):
     return FinetuneConfig(**base)
 
 
-def test_each_routed_part_acts_only_at_its_tokens(tiny_model_dir, tmp_path):
-    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "r", config=_config(), progress=False)
+@pytest.mark.parametrize("family", MODEL_TYPES)
+def test_each_routed_part_acts_only_at_its_tokens(family, tiny_model_dir, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    trainer, _ = build_trainer(tiny_model_dir(family), DATA, tmp_path / "r", config=_config(), progress=False)
     model, scorer = trainer.model, trainer.mbias_scorer
-    layer = model.base_model.model.model.language_model.layers[0].self_attn.q_proj
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer) and "vision" in m.lora_B)
     seen = {}
     for route in ROUTES:  # LoRA B starts at zero: give each routed part an output to see
         torch.nn.init.normal_(layer.lora_B[route].weight)
         layer.lora_B[route].register_forward_hook(lambda m, a, out, route=route: seen.__setitem__(route, out))
-    batch = next(iter(trainer.get_train_dataloader()))
+    model.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.__setitem__("ids", a[0]))
+    example = load_data("synth:shapes-p90/test-cp", max_samples=1).examples[0]
+    model.eval()
     with torch.no_grad():
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-              pixel_values=batch["pixel_values"])
-    image = batch["input_ids"] == scorer.image_token_id
-    text = ~image & batch["attention_mask"].bool()  # (padding embeds to zero, so every LoRA gives 0 there)
-    assert image.any() and text.any()
+        scorer.score(scorer.prepare(example))
+    image = seen["ids"] == scorer.image_token_id
+    assert image.any() and (~image).any()
     norms = {route: seen[route].norm(dim=-1) for route in ROUTES}
     assert (norms["vision"][~image] == 0).all() and (norms["vision"][image] > 0).all()
-    assert (norms["language"][image] == 0).all() and (norms["language"][text] > 0).all()
+    assert (norms["language"][image] == 0).all() and (norms["language"][~image] > 0).all()
 
 
 @pytest.mark.parametrize("recipe", RECIPES.names())
@@ -93,8 +99,6 @@ def test_a_routed_adapter_resumes_and_loads_back_with_the_same_scores(tiny_model
     trainer, _ = build_trainer(model, DATA, tmp_path / "again", config=cfg, progress=False)
     trainer.train()
     trainer.model.eval()
-    from mbias.data import load_data
-
     examples = load_data("synth:shapes-p90/test-cp", max_samples=4).examples
     scorer = trainer.mbias_scorer
     trained = torch.stack([scorer.score(scorer.prepare(e)) for e in examples])
