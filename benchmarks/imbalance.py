@@ -107,13 +107,22 @@ def vision_probe(scorer, n_train: int, n_test: int) -> dict:
     return {"correct": correct.tolist(), "category": cte.tolist()}
 
 
-def evaluate(model_dir: str, args) -> dict:
+def _scorer(out: str):
+    """The trained arm: a model folder (tune: full), or a LoRA adapter (routed or not) over the base it names."""
     from mbias.models import load_model
+
+    if (Path(out) / "adapter_config.json").exists():
+        base = json.loads((Path(out) / "recipe.json").read_text())["model"]
+        return load_model(base, device="cpu", adapter=out)
+    return load_model(out, device="cpu")
+
+
+def evaluate(model_dir: str, args) -> dict:
     from mbias.probes import PROBES, SampleContext
     from mbias.synth import load_synth
     from mbias.variants import MASK
 
-    scorer = load_model(model_dir, device="cpu")
+    scorer = _scorer(model_dir)
     out = {}
     for split in SPLITS:
         ds = load_synth(f"shapes-p90/{split}")
@@ -139,9 +148,8 @@ def evaluate(model_dir: str, args) -> dict:
 
 def evaluate_val(model_dir: str, args) -> dict:
     from mbias.data import load_data
-    from mbias.models import load_model
 
-    scorer = load_model(model_dir, device="cpu")
+    scorer = _scorer(model_dir)
     return {name: _predictions(scorer, load_data(ref, max_samples=args.n_val).examples) for name, ref in VAL.items()}
 
 
@@ -153,7 +161,8 @@ def train_and_evaluate(tag: str, name: str, seed: int, args, evaluator, override
 
     config, model, data = arm_config(name, seed, overrides)
     label = config.recipe + "".join(f"-{k}{v}" for k, v in sorted(config.recipe_config.items())) + \
-        ("" if data == arm_config("lora", seed)[2] else "-" + data.replace(":", "-").replace("/", "-"))
+        ("" if data == arm_config("lora", seed)[2] else "-" + data.replace(":", "-").replace("/", "-")) + \
+        ("" if config.tune == "full" else f"-lora{config.lora_r}") + ("-routed" if config.lora_routing else "")
     out = WORK / f"{label}-s{seed}"
     settings = config.mbias_dict()
     settings.pop("output_dir", None)
