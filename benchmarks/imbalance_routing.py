@@ -118,7 +118,8 @@ def run_comparison(args) -> None:
             print(json.dumps({"run": lab, "seed": s, **{m: round(float(np.mean(r[m]["correct"])), 3)
                                                           for m in ("test-cp", "test-id", "image-only")}}), flush=True)
         timing[lab] = float(np.mean(per))
-    table = summarise(results, METRICS, reference="plain")
+    categories = sorted(set(results["plain"][seeds[0]]["test-cp"]["category"]))
+    table = summarise(results, METRICS + [f"test-cp/{c}" for c in categories], reference="plain")
     routed_vs_module = {r: summarise({r: results[r], f"{r} routed": results[f"{r} routed"]}, METRICS,
                                      reference=r)[f"{r} routed"] for r in ("plain", *GRID)}
     meta = {"command": "python benchmarks/imbalance_routing.py", "bases": [BASES[s] for s in seeds],
@@ -147,6 +148,12 @@ def run_comparison(args) -> None:
               "| recipe | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
     for r, row in routed_vs_module.items():
         lines.append(f"| {r} | " + " | ".join(fmt(row.get(f"{m} vs {r}"), True) for m in names) + " |")
+    lines += ["", "Per question type, test-cp accuracy per run (build 0, 1, 2): whether a run learns a type against "
+              "the wording is what moves the means", "", "| arm | " + " | ".join(categories) + " |",
+              "|---" * (len(categories) + 1) + "|"]
+    for lab, r in table.items():
+        lines.append(f"| {lab} | " + " | ".join(" / ".join(f"{v:.2f}" for v in r[f"test-cp/{c}"]["per_run"])
+                                                  for c in categories) + " |")
     for split in ("test-cp", "test-id", "image-only"):
         lines += ["", f"Per run (build 0, 1, 2), {split}:", ""]
         lines += [f"- {lab}: " + ", ".join(f"{v:.3f}" for v in r[split]["per_run"]) for lab, r in table.items()]

@@ -68,8 +68,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
         action.default = argparse.SUPPRESS
         if action.dest in ("recipe_config", "columns"):
             action.type = str  # YAML / FIELD=COLUMN text, parsed by the config
-        group._group_actions.append(action)
-        p._add_action(action)
+        group._add_action(action)  # registers it with the parser too, and lists it once in --help
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
