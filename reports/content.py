@@ -133,6 +133,7 @@ def adapter_phrase(adapter: dict | None) -> str:
     if not adapter:
         return ""
     kind = {"LORA": "LoRA"}.get(adapter.get("peft_type"), adapter.get("peft_type") or "PEFT")
+    kind = ("routed " if adapter.get("routed") else "") + kind
     trained = ", ".join(x for x in (adapter.get("recipe"), f"{adapter['steps']} steps" if adapter.get("steps") else "")
                         if x)
     return f"{kind} adapter {adapter['path']}" + (f" ({trained})" if trained else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,20 @@ def test_routing_settings_that_cannot_work_are_refused():
         _config(lora_targets=["projector"])
     with pytest.raises(ConfigError, match="gradient checkpointing"):
         _config(gradient_checkpointing=True)
+
+
+def test_mbias_audit_reads_a_routed_adapter_and_says_so(tiny_model_dir, tmp_path):
+    import jsonschema
+
+    from mbias.cli import main
+
+    model = tiny_model_dir("llava")
+    ft = run_finetune(model, DATA, tmp_path / "routed", config=_config(), progress=False)
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", model, "--adapter", str(ft), "--data", "synth:shapes-p90/test-cp", "--out",
+                 str(out), "--no-progress", "--max-samples", "2", "--probes", "modality_shapley"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "reports" / "summary.schema.json").read_text())
+    jsonschema.validate(summary, schema)
+    assert summary["adapter"]["routed"] is True
+    assert f"routed LoRA adapter {ft}" in (out / "report.md").read_text()

@@ -211,9 +211,11 @@ def test_images_are_checked_by_one_process_and_its_verdicts_reach_the_others(tmp
 # by the number of valid choices in the batch, which differs between halves (docs/scaling.md), so its DDP
 # equality holds for reduction "batch"; ogm_ge's noise is scaled by each process's own gradient's std. lmh's gate
 # learns fast here so that a gate trained on each process's half alone would show in two steps.
-DDP_RUNS = [("lora", {}, 1), ("poe", {}, 1), ("lmh", {"gate_lr": 0.5}, 1), ("mdpo", {}, 1), ("msam", {}, 1), ("msam", {}, 2),
-            ("miles", {"every_steps": 1}, 1), ("mnl", {"reduction": "batch"}, 1), ("cggm", {}, 1),
-            ("ogm_ge", {"noise": "none", "mode": "gradient"}, 2)]
+# The last run trains a modality-routed adapter (lora_routing): each process routes its own half of the batch.
+DDP_RUNS = [(*run, False) for run in [
+    ("lora", {}, 1), ("poe", {}, 1), ("lmh", {"gate_lr": 0.5}, 1), ("mdpo", {}, 1), ("msam", {}, 1), ("msam", {}, 2),
+    ("miles", {"every_steps": 1}, 1), ("mnl", {"reduction": "batch"}, 1), ("cggm", {}, 1),
+    ("ogm_ge", {"noise": "none", "mode": "gradient"}, 2)]] + [("miles", {"every_steps": 1}, 1, True)]
 
 
 def _adapter_weights(folder: Path) -> dict:
@@ -223,8 +225,8 @@ def _adapter_weights(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe, settings, grad_accum", DDP_RUNS)
-def test_two_ddp_processes_train_the_adapter_of_one_process_with_the_doubled_batch(recipe, settings, grad_accum,
+@pytest.mark.parametrize("recipe, settings, grad_accum, routed", DDP_RUNS)
+def test_two_ddp_processes_train_the_adapter_of_one_process_with_the_doubled_batch(recipe, settings, grad_accum, routed,
                                                                                  tiny_model_dir, tmp_path, accelerate_launch):
     import yaml
 
@@ -232,12 +234,14 @@ def test_two_ddp_processes_train_the_adapter_of_one_process_with_the_doubled_bat
     cfg.write_text(yaml.safe_dump({"recipe_config": settings, "gradient_accumulation_steps": grad_accum, "max_train_samples": 16,
                                    "eval_samples": 8, "warmup_steps": 0.0, "logging_steps": 1}))
     common = ["finetune", "--model", tiny_model_dir("llava"), "--data", DATA, "--recipe", recipe, "--max-steps", "2",
-              "--lr", "1e-3", "--config", str(cfg), "--no-progress"]
+              "--lr", "1e-3", "--config", str(cfg), "--no-progress", *(["--lora-routing", "true"] if routed else [])]
     assert main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
     proc = subprocess.run([*accelerate_launch(), "-m", "mbias", *common, "--batch-size", "2", "--out", str(tmp_path / "two")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, _why(proc)
-    one, two = _adapter_weights(tmp_path / "one"), _adapter_weights(tmp_path / "two")
+    parts = ("", "vision", "language") if routed else ("",)
+    one = {f"{p}/{k}": v for p in parts for k, v in _adapter_weights(tmp_path / "one" / p).items()}
+    two = {f"{p}/{k}": v for p in parts for k, v in _adapter_weights(tmp_path / "two" / p).items()}
     assert one.keys() == two.keys()
     # Adam moves each weight by about lr (1e-3) per step whatever the gradient's size, so a process that used only
     # its half of the batch, or a statistic of its half, leaves 5-90% of the weights 1e-4..3e-3 away. Summation order
