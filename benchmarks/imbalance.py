@@ -162,7 +162,8 @@ def train_and_evaluate(tag: str, name: str, seed: int, args, evaluator, override
     config, model, data = arm_config(name, seed, overrides)
     label = config.recipe + "".join(f"-{k}{v}" for k, v in sorted(config.recipe_config.items())) + \
         ("" if data == arm_config("lora", seed)[2] else "-" + data.replace(":", "-").replace("/", "-")) + \
-        ("" if config.tune == "full" else f"-lora{config.lora_r}") + ("-routed" if config.lora_routing else "")
+        ("" if config.tune == "full" else f"-lora{config.lora_r}") + ("-routed" if config.lora_routing else "") + \
+        (f"-sgd-lr{config.learning_rate:g}" if getattr(config.optim, "value", config.optim) == "sgd" else "")
     out = WORK / f"{label}-s{seed}"
     settings = config.mbias_dict()
     settings.pop("output_dir", None)

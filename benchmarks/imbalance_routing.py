@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import yaml
@@ -40,34 +41,65 @@ from imbalance import (
 )
 from recipe_comparison import fmt, summarise
 
-# the recipes that steer parameter groups, and the settings tried on val (seed 0) per grouping; a recipe with one
-# setting gets no selection run: its file holds the defaults, flagged
-GRID = {"miles": [{}, {"mu": 0.33}], "ogm_ge": [{}], "cggm": [{}]}
-ROUTING = {"": "module-level groups", "_routed": "routed groups"}
+
+@dataclass(frozen=True)
+class Suite:
+    """A set of arms of the learning-speed scenario that differ from ``imbalance.py``'s in how they train."""
+
+    script: str  # the benchmark script (results/STEM.{json,md}, results/STEM_selection.md)
+    folder: str  # configs/imbalance/FOLDER/{plain,RECIPE}{SUFFIX}.yaml
+    variants: dict  # config suffix -> what the variant is (several: a second table pairs each with the first)
+    grid: dict  # recipe -> settings tried on val (seed 0); one setting: no selection run, defaults flagged
+    title: str
+    setup: str  # how the arms train, for the results files
+    plain_grid: list = field(default_factory=lambda: [{}])  # plain's settings tried on val; the winner's go to all
+
+    @property
+    def stem(self) -> str:
+        return self.script.removesuffix(".py")
+
+    def label(self, recipe: str, suffix: str) -> str:
+        return ("plain" if recipe == "lora" else recipe) + (f" {suffix.strip('_')}" if suffix else "")
+
+    def config_name(self, recipe: str, suffix: str) -> str:
+        return f"{self.folder}/{'plain' if recipe == 'lora' else recipe}{suffix}"
 
 
-def label(recipe: str, suffix: str) -> str:
-    return ("plain" if recipe == "lora" else recipe) + (" routed" if suffix else "")
+# the recipes that steer parameter groups, module-level and routed
+ROUTING = Suite(
+    script="imbalance_routing.py", folder="lora", variants={"": "module-level groups", "_routed": "routed groups"},
+    grid={"miles": [{}, {"mu": 0.33}], "ogm_ge": [{}], "cggm": [{}]},
+    title="Routed vs module-level groups",
+    setup="with LoRA r32 on the vision tower, projector and LLM, synth:shapes-p90/train, 800 steps x batch 64, lr "
+          "2e-3 cosine (configs/imbalance/lora/)")
 
 
-def config_name(recipe: str, suffix: str) -> str:
-    return f"lora/{'plain' if recipe == 'lora' else recipe}{suffix}"
-
-
-def run_selection(args) -> None:
+def run_selection(args, suite: Suite = ROUTING) -> None:
     from mbias.config import load_yaml
 
-    lines = [f"# Routed vs module-level groups: settings chosen on val ({time.strftime('%Y-%m-%d')})", "",
-             "`python benchmarks/imbalance_routing.py --select`", "",
-             f"{BASES[0]} with LoRA r32 on vision tower, projector and LLM (configs/imbalance/lora/), seed 0, one run "
-             f"per setting; val-balanced = {VAL['val-balanced']}, val = {VAL['val']} (in-distribution), "
-             f"{args.n_val} examples each; differences paired with plain LoRA of the same grouping. No test split "
-             "is read.", ""]
-    for suffix, grouping in ROUTING.items():
-        plain = config_name("lora", suffix)
-        results = {"plain": {0: train_and_evaluate("select", plain, 0, args, evaluate_val)[0]}}
-        settings = {}
-        for recipe, grid in GRID.items():
+    lines = [f"# {suite.title}: settings chosen on val ({time.strftime('%Y-%m-%d')})", "",
+             f"`python benchmarks/{suite.script} --select`", "",
+             f"{BASES[0]} {suite.setup}, seed 0, one run per setting; val-balanced = {VAL['val-balanced']}, val = "
+             f"{VAL['val']} (in-distribution), {args.n_val} examples each; differences paired with plain training "
+             "of the same variant. No test split is read.", ""]
+    for suffix, grouping in suite.variants.items():
+        plain = suite.config_name("lora", suffix)
+        base = load_yaml(CONFIGS / f"{plain}.yaml")
+        results, settings = {}, {}
+        for ps in suite.plain_grid:
+            name = "plain" + ("" if not ps else " " + json.dumps(ps, sort_keys=True))
+            results[name] = {0: train_and_evaluate("select", plain, 0, args, evaluate_val, ps)[0]}
+        if len(suite.plain_grid) > 1:  # plain's setting: the best on balanced val, the rest then use it
+            scores = {n: float(np.mean(r[0]["val-balanced"]["correct"])) for n, r in results.items()}
+            chosen = max(scores, key=scores.get)
+            base.update(suite.plain_grid[list(results).index(chosen)])
+            results = {"plain": results.pop(chosen), **{f"not chosen: {n}": r for n, r in results.items()}}
+            (CONFIGS / f"{plain}.yaml").write_text(
+                f"# The {suite.stem} benchmark's plain arm, {grouping}, at the setting chosen on val by\n"
+                f"# `python benchmarks/{suite.script} --select` ({chosen}; results/{suite.stem}_selection.md).\n"
+                f"# Reproduce: mbias finetune --config benchmarks/configs/imbalance/{plain}.yaml --out DIR\n"
+                + yaml.safe_dump(base, sort_keys=False))
+        for recipe, grid in suite.grid.items():
             for rc in grid if len(grid) > 1 else []:
                 name = recipe + ("" if not rc else " " + json.dumps(rc, sort_keys=True))
                 overrides = {"recipe": recipe, "recipe_config": rc}
@@ -82,17 +114,17 @@ def run_selection(args) -> None:
             score = table[name]["val-balanced"]["mean"]
             if table[name]["val"]["mean"] >= floor and (recipe not in best or score > best[recipe][1]):
                 best[recipe] = (name, score, rc)
-        for recipe, grid in GRID.items():
-            best.setdefault(recipe, (f"{recipe} (default; " + ("one setting, not tuned" if len(grid) == 1 else
-                                                                "no setting met the floor") + ")", None, {}))
-        base = load_yaml(CONFIGS / f"{plain}.yaml")
+        for recipe, grid in suite.grid.items():
+            if len(grid) == 1:
+                best[recipe] = (f"{recipe} {json.dumps(grid[0])} (one setting, not tuned)", None, grid[0])
+            best.setdefault(recipe, (f"{recipe} (default; no setting met the floor)", None, {}))
         for recipe, (name, _, rc) in best.items():
-            path = CONFIGS / f"{config_name(recipe, suffix)}.yaml"
-            head = (f"# The routing benchmark's {recipe} arm, {grouping} (benchmarks/imbalance_routing.py), at the "
-                    f"setting chosen on val\n# by `python benchmarks/imbalance_routing.py --select` ({name}; "
-                    "results/imbalance_routing_selection.md).\n"
-                    f"# Reproduce: mbias finetune --config benchmarks/configs/imbalance/{config_name(recipe, suffix)}"
-                    ".yaml --out DIR\n")
+            path = CONFIGS / f"{suite.config_name(recipe, suffix)}.yaml"
+            head = (f"# The {suite.stem} benchmark's {recipe} arm, {grouping} (benchmarks/{suite.script}), at the "
+                    f"setting chosen on val\n# by `python benchmarks/{suite.script} --select` ({name}; "
+                    f"results/{suite.stem}_selection.md).\n"
+                    "# Reproduce: mbias finetune --config benchmarks/configs/imbalance/"
+                    f"{suite.config_name(recipe, suffix)}.yaml --out DIR\n")
             path.write_text(head + yaml.safe_dump({**base, "recipe": recipe, "recipe_config": rc}, sort_keys=False))
         lines += [f"## {grouping}", "", "| setting | val-balanced | vs plain | val | vs plain |", "|---|---|---|---|---|"]
         for name, r in table.items():
@@ -101,13 +133,13 @@ def run_selection(args) -> None:
         lines += ["", "Best per recipe (highest val-balanced with val within "
                   f"{ID_TOLERANCE:.2f} of plain's): " + "; ".join(f"{r}: `{b[0]}`" for r, b in best.items()), ""]
     OUT.mkdir(exist_ok=True)
-    (OUT / "imbalance_routing_selection.md").write_text("\n".join(lines))
+    (OUT / f"{suite.stem}_selection.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
-def run_comparison(args) -> None:
+def run_comparison(args, suite: Suite = ROUTING) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
-    arms = [(label(r, sfx), config_name(r, sfx)) for r in ("lora", *GRID) for sfx in ROUTING]
+    arms = [(suite.label(r, sfx), suite.config_name(r, sfx)) for r in ("lora", *suite.grid) for sfx in suite.variants]
     results, timing = {}, {}
     for lab, name in arms:
         results[lab], per = {}, []
@@ -120,34 +152,39 @@ def run_comparison(args) -> None:
         timing[lab] = float(np.mean(per))
     categories = sorted(set(results["plain"][seeds[0]]["test-cp"]["category"]))
     table = summarise(results, METRICS + [f"test-cp/{c}" for c in categories], reference="plain")
-    routed_vs_module = {r: summarise({r: results[r], f"{r} routed": results[f"{r} routed"]}, METRICS,
-                                     reference=r)[f"{r} routed"] for r in ("plain", *GRID)}
-    meta = {"command": "python benchmarks/imbalance_routing.py", "bases": [BASES[s] for s in seeds],
+    first, *others = suite.variants
+    pairs = {}  # each other variant paired with the first, recipe by recipe
+    for recipe in ("lora", *suite.grid):
+        a = suite.label(recipe, first)
+        for sfx in others:
+            b = suite.label(recipe, sfx)
+            pairs[b] = {**summarise({a: results[a], b: results[b]}, METRICS, reference=a)[b], "vs": a}
+    meta = {"command": f"python benchmarks/{suite.script}", "bases": [BASES[s] for s in seeds],
             "n_eval": args.n_eval, "n_audit": args.n_audit, "n_probe": args.n_probe,
             "date": time.strftime("%Y-%m-%d"),
             "configs": {lab: (CONFIGS / f"{name}.yaml").read_text() for lab, name in arms}}
     OUT.mkdir(exist_ok=True)
-    (OUT / "imbalance_routing.json").write_text(json.dumps(
-        {"meta": meta, "rows": table, "routed_vs_module": routed_vs_module, "seconds_per_step": timing}, indent=2))
+    (OUT / f"{suite.stem}.json").write_text(json.dumps(
+        {"meta": meta, "rows": table, "pairs": pairs, "seconds_per_step": timing}, indent=2))
     names = {"test-cp": "test-cp", "test-id": "test-id", "test-balanced": "test-balanced",
              "image-only": "image-only", "probe": "vision probe", "audit/vision_share": "vision share",
              "audit/follows_text": "follows wording"}
-    lines = [f"# Routed vs module-level groups in the learning-speed benchmark ({meta['date']})", "",
+    lines = [f"# {suite.title} in the learning-speed benchmark ({meta['date']})", "",
              f"`{meta['command']}`", "",
-             f"Bases {', '.join(meta['bases'])} (run i: build i, seed i) with LoRA r32 on the vision tower, projector "
-             "and LLM, synth:shapes-p90/train, 800 steps x batch 64, lr 2e-3 cosine (configs/imbalance/lora/). "
+             f"Bases {', '.join(meta['bases'])} (run i: build i, seed i) {suite.setup}. "
              f"{meta['n_eval']} examples per split, audit probes on {meta['n_audit']}, probe fitted on "
              f"{meta['n_probe']} images. Mean [95% hierarchical bootstrap]; in brackets after a mean, the difference "
-             "paired with module-level plain LoRA.", "",
+             f"paired with plain training ({suite.variants[first]}).", "",
              "| arm | " + " | ".join(names.values()) + " | s/step |", "|---" * (len(names) + 2) + "|"]
     for lab, r in table.items():
         cells = [fmt(r[m]) if lab == "plain" else f"{r[m]['mean']:.3f} ({fmt(r.get(f'{m} vs plain'), True)})"
                  for m in names]
         lines.append(f"| {lab} | " + " | ".join(cells) + f" | {timing[lab]:.3f} |")
-    lines += ["", "Routed minus module-level, same recipe (paired by run and example):", "",
-              "| recipe | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
-    for r, row in routed_vs_module.items():
-        lines.append(f"| {r} | " + " | ".join(fmt(row.get(f"{m} vs {r}"), True) for m in names) + " |")
+    if pairs:
+        lines += ["", f"Each arm minus the same recipe with {suite.variants[first]} (paired by run and example):", "",
+                  "| arm | " + " | ".join(names.values()) + " |", "|---" * (len(names) + 1) + "|"]
+    for b, row in pairs.items():
+        lines.append(f"| {b} | " + " | ".join(fmt(row.get(f"{m} vs {row['vs']}"), True) for m in names) + " |")
     lines += ["", "Per question type, test-cp accuracy per run (build 0, 1, 2): whether a run learns a type against "
               "the wording is what moves the means", "", "| arm | " + " | ".join(categories) + " |",
               "|---" * (len(categories) + 1) + "|"]
@@ -157,12 +194,12 @@ def run_comparison(args) -> None:
     for split in ("test-cp", "test-id", "image-only"):
         lines += ["", f"Per run (build 0, 1, 2), {split}:", ""]
         lines += [f"- {lab}: " + ", ".join(f"{v:.3f}" for v in r[split]["per_run"]) for lab, r in table.items()]
-    (OUT / "imbalance_routing.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{suite.stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(suite: Suite = ROUTING, doc: str = __doc__) -> None:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--select", action="store_true", help="try the recipes' settings on val data instead")
     ap.add_argument("--seeds", default="0,1,2", help="base builds / training seeds")
     ap.add_argument("--n-eval", type=int, default=500)
@@ -170,7 +207,7 @@ def main() -> None:
     ap.add_argument("--n-probe", type=int, default=3000)
     ap.add_argument("--n-val", type=int, default=400)
     args = ap.parse_args()
-    run_selection(args) if args.select else run_comparison(args)
+    run_selection(args, suite) if args.select else run_comparison(args, suite)
 
 
 if __name__ == "__main__":
