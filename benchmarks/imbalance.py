@@ -320,13 +320,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--select", action="store_true", help="try each recipe's settings on val data instead")
     ap.add_argument("--arms", help="comma-separated arm names (default: all)")
+    add_run_args(ap)
+    args = ap.parse_args()
+    run_selection(args) if args.select else run_comparison(args)
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    """The flags every imbalance script shares: which runs, and how many examples each evaluation reads."""
     ap.add_argument("--seeds", default="0,1,2", help="base builds / training seeds")
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--n-audit", type=int, default=200)
     ap.add_argument("--n-probe", type=int, default=3000)
     ap.add_argument("--n-val", type=int, default=400)
-    args = ap.parse_args()
-    run_selection(args) if args.select else run_comparison(args)
 
 
 if __name__ == "__main__":

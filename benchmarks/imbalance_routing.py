@@ -35,6 +35,7 @@ from imbalance import (
     METRICS,
     OUT,
     VAL,
+    add_run_args,
     evaluate,
     evaluate_val,
     train_and_evaluate,
@@ -201,11 +202,7 @@ def run_comparison(args, suite: Suite = ROUTING) -> None:
 def main(suite: Suite = ROUTING, doc: str = __doc__) -> None:
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--select", action="store_true", help="try the recipes' settings on val data instead")
-    ap.add_argument("--seeds", default="0,1,2", help="base builds / training seeds")
-    ap.add_argument("--n-eval", type=int, default=500)
-    ap.add_argument("--n-audit", type=int, default=200)
-    ap.add_argument("--n-probe", type=int, default=3000)
-    ap.add_argument("--n-val", type=int, default=400)
+    add_run_args(ap)
     args = ap.parse_args()
     run_selection(args, suite) if args.select else run_comparison(args, suite)
 

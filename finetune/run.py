@@ -21,7 +21,7 @@ from pathlib import Path
 from mbias.config import build_config
 from mbias.errors import ConfigError
 from mbias.finetune.config import FinetuneConfig
-from mbias.models.routing import is_routed, mark_routed, route_groups
+from mbias.models.routing import add_routes, is_routed, mark_routed, route_groups
 from mbias.outdir import check_out_dir
 from mbias.provenance import provenance
 
@@ -44,10 +44,7 @@ def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
     kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none")
     peft_model = get_peft_model(model, LoraConfig(target_modules=targets, **kwargs))
     if config.lora_routing:
-        from mbias.models.routing import add_routes, install_routing
-
-        add_routes(peft_model, names["language"], kwargs)
-        install_routing(peft_model, scorer.image_token_id)
+        add_routes(peft_model, names["language"], kwargs, scorer.image_token_id)
     return peft_model
 
 
@@ -76,7 +73,7 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
     out = Path(out)
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)
-        if config.tune == "lora" and is_routed(trainer.model):
+        if is_routed(trainer.model):
             mark_routed(out)
         if config.tune == "full":  # a model folder loads with its processor
             trainer.mbias_scorer.processor.save_pretrained(out)

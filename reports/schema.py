@@ -7,7 +7,10 @@ registered probe's ``summary_schema``, so adding a probe never means editing a s
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 BASE, FULL = HERE / "summary_base.schema.json", HERE / "summary.schema.json"
@@ -27,4 +30,5 @@ def write() -> Path:
 
 
 if __name__ == "__main__":
-    print(f"wrote {write()}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logger.info("wrote %s", write())

@@ -34,14 +34,15 @@ _ROUTED_PARAM = re.compile(r"\.lora_(?:A|B|magnitude_vector)\.(vision|language)\
 _SHARED_PARAM = re.compile(r"\.lora_(?:A|B|magnitude_vector)\.default\.")
 
 
-def add_routes(peft_model, llm_targets: list[str], lora_kwargs: dict) -> None:
+def add_routes(peft_model, llm_targets: list[str], lora_kwargs: dict, image_token_id: int) -> None:
     """Add the ``vision`` and ``language`` LoRA adapters on ``llm_targets`` (the LLM's linear layers) next to the
-    shared ``default`` one, and make all three active and trainable."""
+    shared ``default`` one, make all three active and trainable, and route them."""
     from peft import LoraConfig
 
     for route in ROUTES:
         peft_model.add_adapter(route, LoraConfig(target_modules=llm_targets, **lora_kwargs))
     activate_routes(peft_model, trainable=True)
+    install_routing(peft_model, image_token_id)
 
 
 def activate_routes(peft_model, *, trainable: bool) -> None:
@@ -66,6 +67,7 @@ def install_routing(peft_model, image_token_id: int) -> list:
             raise MbiasError("routed LoRA reads the image positions from the input ids; this forward pass gave the "
                              "embeddings something else (inputs_embeds?)")
         image = ids == image_token_id
+        state.clear()  # masks cast for an earlier pass's devices and dtypes
         state["vision"], state["language"] = image, ~image
 
     handles = [peft_model.get_input_embeddings().register_forward_pre_hook(remember, with_kwargs=True)]
@@ -84,7 +86,10 @@ def _keep_positions(module, args, output, *, state, route, layer):
         raise MbiasError(f"routed LoRA: layer {layer} got {tuple(output.shape[:-1])} token positions but the last "
                          f"input ids were {None if mask is None else tuple(mask.shape)}; a routed adapter needs "
                          "the layers to run on the ids just embedded (no gradient checkpointing, no cached prefix)")
-    return output * mask.unsqueeze(-1).to(device=output.device, dtype=output.dtype)
+    key = (route, output.device, output.dtype)  # cast once per pass, not once per layer
+    if key not in state:
+        state[key] = mask.unsqueeze(-1).to(device=output.device, dtype=output.dtype)
+    return output * state[key]
 
 
 def route_groups(modality_of: dict[str, str]) -> dict[str, str]:
@@ -114,13 +119,10 @@ def routing_record(adapter: str) -> dict | None:
             return None
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
 
         try:
             path = Path(hf_hub_download(adapter, ROUTING_FILE))
-        except EntryNotFoundError:
-            return None
-        except Exception:  # offline, private, ...: PeftModel.from_pretrained reports the real problem
+        except Exception:  # not there (a plain adapter), or offline, private, ...: PeftModel reports the real problem
             return None
     try:
         record = json.loads(path.read_text())
