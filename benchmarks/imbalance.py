@@ -59,8 +59,9 @@ GRID = {
 ID_TOLERANCE = 0.02  # the issue's bar: no loss on in-distribution accuracy beyond 2 points
 
 
-def arm_config(name: str, seed: int, overrides: dict | None = None):
-    """(FinetuneConfig, model, data) of arm ``name`` (its YAML file) for run ``seed``: base build and seed swapped."""
+def arm_config(name: str, seed: int, overrides: dict | None = None, base=None):
+    """(FinetuneConfig, model, data) of arm ``name`` (its YAML file) for run ``seed``: base build and seed swapped
+    (``base``: seed -> the model to train instead of zoo build ``seed``)."""
     from mbias.config import build_config, load_yaml
     from mbias.finetune.config import FinetuneConfig
 
@@ -68,7 +69,14 @@ def arm_config(name: str, seed: int, overrides: dict | None = None):
     values = {**load_yaml(path), **(overrides or {}), "seed": seed}
     values.pop("model")
     data = values.pop("data")
-    return build_config(FinetuneConfig, values, where=str(path)), BASES[seed], data
+    return build_config(FinetuneConfig, values, where=str(path)), base(seed) if base else BASES[seed], data
+
+
+def has_remote_code(model: str) -> bool:
+    """Whether a model folder brings its own modelling code (config.json's auto_map), to load with
+    trust_remote_code: the late-fusion control's models (late_fusion_model.py)."""
+    config = Path(model) / "config.json"
+    return config.exists() and "auto_map" in json.loads(config.read_text())
 
 
 def vision_probe(scorer, n_train: int, n_test: int) -> dict:
@@ -113,8 +121,8 @@ def _scorer(out: str):
 
     if (Path(out) / "adapter_config.json").exists():
         base = json.loads((Path(out) / "recipe.json").read_text())["model"]
-        return load_model(base, device="cpu", adapter=out)
-    return load_model(out, device="cpu")
+        return load_model(base, device="cpu", adapter=out, trust_remote_code=has_remote_code(base))
+    return load_model(out, device="cpu", trust_remote_code=has_remote_code(out))
 
 
 def evaluate(model_dir: str, args) -> dict:
@@ -153,17 +161,20 @@ def evaluate_val(model_dir: str, args) -> dict:
     return {name: _predictions(scorer, load_data(ref, max_samples=args.n_val).examples) for name, ref in VAL.items()}
 
 
-def train_and_evaluate(tag: str, name: str, seed: int, args, evaluator, overrides: dict | None = None):
-    """Train arm ``name`` (with ``overrides``) for run ``seed`` unless an identical run is cached, and evaluate it
-    (``tag``: which evaluation). A selection run of seed 0 is the comparison's run when its setting wins."""
+def train_and_evaluate(tag: str, name: str, seed: int, args, evaluator, overrides: dict | None = None, base=None):
+    """Train arm ``name`` (with ``overrides``; on ``base(seed)`` instead of the zoo build) for run ``seed`` unless an
+    identical run is cached, and evaluate it (``tag``: which evaluation). A selection run of seed 0 is the
+    comparison's run when its setting wins."""
     from mbias.finetune.run import run_finetune
+    from mbias.models import LoadOptions
     from mbias.zoo import model_identity
 
-    config, model, data = arm_config(name, seed, overrides)
+    config, model, data = arm_config(name, seed, overrides, base)
     label = config.recipe + "".join(f"-{k}{v}" for k, v in sorted(config.recipe_config.items())) + \
         ("" if data == arm_config("lora", seed)[2] else "-" + data.replace(":", "-").replace("/", "-")) + \
         ("" if config.tune == "full" else f"-lora{config.lora_r}") + ("-routed" if config.lora_routing else "") + \
-        (f"-sgd-lr{config.learning_rate:g}" if getattr(config.optim, "value", config.optim) == "sgd" else "")
+        (f"-sgd-lr{config.learning_rate:g}" if getattr(config.optim, "value", config.optim) == "sgd" else "") + \
+        ("" if base is None else f"-{Path(model).parent.name}")  # a built base: WORK/NAME/s{seed}
     out = WORK / f"{label}-s{seed}"
     settings = config.mbias_dict()
     settings.pop("output_dir", None)
@@ -173,7 +184,8 @@ def train_and_evaluate(tag: str, name: str, seed: int, args, evaluator, override
     saved = json.loads(trained.read_text()) if trained.exists() else None
     if not saved or saved["key"] != train_key:
         t0 = time.perf_counter()
-        run_finetune(model, data, out, config=config, progress=False)
+        run_finetune(model, data, out, config=config, progress=False,
+                     load=LoadOptions(trust_remote_code=has_remote_code(model)))
         sps = json.loads((out / "recipe.json").read_text()).get("seconds_per_step",
                                                                 (time.perf_counter() - t0) / config.max_steps)
         saved = {"key": train_key, "seconds_per_step": sps}

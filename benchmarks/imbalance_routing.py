@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,8 @@ from imbalance import (
     ID_TOLERANCE,
     METRICS,
     OUT,
+    REFERENCE,
+    UNBIASED_TRAIN,
     VAL,
     add_run_args,
     evaluate,
@@ -54,6 +57,12 @@ class Suite:
     title: str
     setup: str  # how the arms train, for the results files
     plain_grid: list = field(default_factory=lambda: [{}])  # plain's settings tried on val; the winner's go to all
+    base: Callable[[int], str] | None = None  # seed -> the model each run trains (default: zoo build ``seed``)
+    reference: bool = False  # also plain training on unbiased data (imbalance.py's bound on the vision side)
+    finetune_flags: str = ""  # what `mbias finetune --config FILE` needs besides (e.g. "--trust-remote-code ")
+
+    def bases(self, seeds) -> list[str]:
+        return [self.base(s) if self.base else BASES[s] for s in seeds]
 
     @property
     def stem(self) -> str:
@@ -80,7 +89,7 @@ def run_selection(args, suite: Suite = ROUTING) -> None:
 
     lines = [f"# {suite.title}: settings chosen on val ({time.strftime('%Y-%m-%d')})", "",
              f"`python benchmarks/{suite.script} --select`", "",
-             f"{BASES[0]} {suite.setup}, seed 0, one run per setting; val-balanced = {VAL['val-balanced']}, val = "
+             f"{suite.bases([0])[0]} {suite.setup}, seed 0, one run per setting; val-balanced = {VAL['val-balanced']}, val = "
              f"{VAL['val']} (in-distribution), {args.n_val} examples each; differences paired with plain training "
              "of the same variant. No test split is read.", ""]
     for suffix, grouping in suite.variants.items():
@@ -89,7 +98,7 @@ def run_selection(args, suite: Suite = ROUTING) -> None:
         results, settings = {}, {}
         for ps in suite.plain_grid:
             name = "plain" + ("" if not ps else " " + json.dumps(ps, sort_keys=True))
-            results[name] = {0: train_and_evaluate("select", plain, 0, args, evaluate_val, ps)[0]}
+            results[name] = {0: train_and_evaluate("select", plain, 0, args, evaluate_val, ps, suite.base)[0]}
         if len(suite.plain_grid) > 1:  # plain's setting: the best on balanced val, the rest then use it
             scores = {n: float(np.mean(r[0]["val-balanced"]["correct"])) for n, r in results.items()}
             chosen = max(scores, key=scores.get)
@@ -98,13 +107,14 @@ def run_selection(args, suite: Suite = ROUTING) -> None:
             (CONFIGS / f"{plain}.yaml").write_text(
                 f"# The {suite.stem} benchmark's plain arm, {grouping}, at the setting chosen on val by\n"
                 f"# `python benchmarks/{suite.script} --select` ({chosen}; results/{suite.stem}_selection.md).\n"
-                f"# Reproduce: mbias finetune --config benchmarks/configs/imbalance/{plain}.yaml --out DIR\n"
+                f"# Reproduce: mbias finetune --config benchmarks/configs/imbalance/{plain}.yaml "
+                f"{suite.finetune_flags}--out DIR\n"
                 + yaml.safe_dump(base, sort_keys=False))
         for recipe, grid in suite.grid.items():
             for rc in grid if len(grid) > 1 else []:
                 name = recipe + ("" if not rc else " " + json.dumps(rc, sort_keys=True))
                 overrides = {"recipe": recipe, "recipe_config": rc}
-                results[name] = {0: train_and_evaluate("select", plain, 0, args, evaluate_val, overrides)[0]}
+                results[name] = {0: train_and_evaluate("select", plain, 0, args, evaluate_val, overrides, suite.base)[0]}
                 settings[name] = (recipe, rc)
                 print(json.dumps({"grouping": grouping, "run": name, **{
                     k: round(float(np.mean(v["correct"])), 3) for k, v in results[name][0].items()}}), flush=True)
@@ -125,7 +135,7 @@ def run_selection(args, suite: Suite = ROUTING) -> None:
                     f"setting chosen on val\n# by `python benchmarks/{suite.script} --select` ({name}; "
                     f"results/{suite.stem}_selection.md).\n"
                     "# Reproduce: mbias finetune --config benchmarks/configs/imbalance/"
-                    f"{suite.config_name(recipe, suffix)}.yaml --out DIR\n")
+                    f"{suite.config_name(recipe, suffix)}.yaml {suite.finetune_flags}--out DIR\n")
             path.write_text(head + yaml.safe_dump({**base, "recipe": recipe, "recipe_config": rc}, sort_keys=False))
         lines += [f"## {grouping}", "", "| setting | val-balanced | vs plain | val | vs plain |", "|---|---|---|---|---|"]
         for name, r in table.items():
@@ -140,12 +150,15 @@ def run_selection(args, suite: Suite = ROUTING) -> None:
 
 def run_comparison(args, suite: Suite = ROUTING) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
-    arms = [(suite.label(r, sfx), suite.config_name(r, sfx)) for r in ("lora", *suite.grid) for sfx in suite.variants]
+    arms = [(suite.label(r, sfx), suite.config_name(r, sfx), None)
+            for r in ("lora", *suite.grid) for sfx in suite.variants]
+    if suite.reference:
+        arms.append((REFERENCE, suite.config_name("lora", next(iter(suite.variants))), {"data": UNBIASED_TRAIN}))
     results, timing = {}, {}
-    for lab, name in arms:
+    for lab, name, overrides in arms:
         results[lab], per = {}, []
         for s in seeds:
-            results[lab][s], sps = train_and_evaluate("compare", name, s, args, evaluate)
+            results[lab][s], sps = train_and_evaluate("compare", name, s, args, evaluate, overrides, suite.base)
             per.append(sps)
             r = results[lab][s]
             print(json.dumps({"run": lab, "seed": s, **{m: round(float(np.mean(r[m]["correct"])), 3)
@@ -160,10 +173,10 @@ def run_comparison(args, suite: Suite = ROUTING) -> None:
         for sfx in others:
             b = suite.label(recipe, sfx)
             pairs[b] = {**summarise({a: results[a], b: results[b]}, METRICS, reference=a)[b], "vs": a}
-    meta = {"command": f"python benchmarks/{suite.script}", "bases": [BASES[s] for s in seeds],
+    meta = {"command": f"python benchmarks/{suite.script}", "bases": suite.bases(seeds),
             "n_eval": args.n_eval, "n_audit": args.n_audit, "n_probe": args.n_probe,
             "date": time.strftime("%Y-%m-%d"),
-            "configs": {lab: (CONFIGS / f"{name}.yaml").read_text() for lab, name in arms}}
+            "configs": {lab: (CONFIGS / f"{name}.yaml").read_text() for lab, name, _ in arms}}
     OUT.mkdir(exist_ok=True)
     (OUT / f"{suite.stem}.json").write_text(json.dumps(
         {"meta": meta, "rows": table, "pairs": pairs, "seconds_per_step": timing}, indent=2))
