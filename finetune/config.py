@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 LORA_SIDES = ("language", "projector", "vision")
 TUNES = ("lora", "full")
+MODALITY_GROUPS = ("modules", "encoders")
 # names mbias used before its settings became TrainingArguments: still read from YAML files, with a warning
 RENAMED = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
            "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate", "warmup_ratio": "warmup_steps"}
@@ -31,7 +32,7 @@ RENAMED = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_s
 @dataclass
 class FinetuneConfig(TrainingArguments):
     recipe: str = field(default="lora", metadata={
-        "help": "lora | poe | lmh | mdpo | msam | miles | mnl | cggm | ogm_ge (docs/recipes.md: which when)"})
+        "help": "lora | poe | lmh | mdpo | sam | msam | miles | mnl | cggm | ogm_ge (docs/recipes.md: which when)"})
     recipe_config: dict | str = field(default_factory=dict, metadata={
         "help": "the recipe's own settings (a YAML mapping; in a --config file, a mapping under recipe_config:)"})
     tune: str = field(default="lora", metadata={
@@ -48,6 +49,11 @@ class FinetuneConfig(TrainingArguments):
                 "image-token positions (the 'vision' group) and one only at text positions ('language'), so the "
                 "balancing recipes steer the fusion model's own vision and language weights; the shared part "
                 "trains at the base rate (docs/recipes.md)"})
+    modality_groups: str = field(default="modules", metadata={
+        "help": "what the balancing recipes steer as the language side: modules (the whole LLM, which in a decoder "
+                "MLLM is also where image and question meet) or encoders (tune: full only: the token embeddings, "
+                "the text's own encoder; the LLM's layers and output head form a shared fusion group at the base "
+                "rate, as the seed papers modulate encoders and not the fusion head)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     columns: dict | str = field(default_factory=dict, metadata={
         "help": "dataset columns under other names, e.g. answer=multiple_choice_answer,question=text (applies "
@@ -78,6 +84,12 @@ class FinetuneConfig(TrainingArguments):
         if bad or not self.lora_targets:
             raise ConfigError(f"lora_targets must be a non-empty subset of {', '.join(LORA_SIDES)}; got "
                               f"{self.lora_targets}")
+        if self.modality_groups not in MODALITY_GROUPS:
+            raise ConfigError(f"modality_groups must be modules or encoders, not {self.modality_groups!r}")
+        if self.modality_groups == "encoders" and self.tune != "full":
+            raise ConfigError("modality_groups: encoders makes the token embeddings the language group, and LoRA "
+                              "trains no embeddings: use it with tune: full, or lora_routing for a language group "
+                              "inside the LLM's LoRA")
         if self.lora_routing and self.tune != "lora":
             raise ConfigError("lora_routing adds routed LoRA weights, so it needs tune: lora; drop one of them")
         if self.lora_routing and "language" not in self.lora_targets:

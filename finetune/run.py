@@ -48,6 +48,14 @@ def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
     return peft_model
 
 
+def encoder_groups(modality_of: dict[str, str], model) -> dict[str, str]:
+    """``modality_groups: encoders``: the language group is the token embeddings alone; the rest of the LLM and
+    its output head (the fusion module of a decoder MLLM) become ``shared`` (base rate, no recipe scaling)."""
+    embeddings = model.get_input_embeddings().weight
+    names = {n for n, p in model.named_parameters() if p is embeddings}
+    return {n: "shared" if g == "language" and n not in names else g for n, g in modality_of.items()}
+
+
 def _latest_checkpoint(folder: Path) -> Path | None:
     ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     return ckpts[-1] if ckpts else None
@@ -135,6 +143,8 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
     modality_of = {n: g for g, names in scorer.parameter_groups(peft_model).items() for n in names}
     if is_routed(peft_model):
         modality_of = route_groups(modality_of)
+    if config.modality_groups == "encoders":
+        modality_of = encoder_groups(modality_of, peft_model)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     logger.info("training %d tensors (%s)", len(trainable), ", ".join(
         f"{m}: {sum(1 for n in trainable if modality_of.get(n) == m)}" for m in ("vision", "language", "shared")))

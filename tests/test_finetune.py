@@ -72,10 +72,11 @@ def test_vision_tower_lora_only_when_asked(tiny_model_dir, tmp_path):
     assert not any("multi_modal_projector" in n for n in trainable)
 
 
+@pytest.mark.parametrize("recipe", ["msam", "sam"])
 @pytest.mark.parametrize("direction", ["fresh", "previous"])
-def test_msam_undoes_its_perturbation(tiny_model_dir, tmp_path, direction):
+def test_msam_undoes_its_perturbation(tiny_model_dir, tmp_path, direction, recipe):
     trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "m",
-                               config=_config("msam", recipe_config={"direction": direction}), progress=False)
+                               config=_config(recipe, recipe_config={"direction": direction}), progress=False)
     trainer.create_optimizer_and_scheduler(num_training_steps=2)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     model = trainer.model
@@ -88,6 +89,53 @@ def test_msam_undoes_its_perturbation(tiny_model_dir, tmp_path, direction):
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
         assert signals["loss/dominant_perturbed"] != signals["loss/dominant"]
     assert (trainer.recipe.last_direction is not None) == (direction == "previous")
+
+
+def test_sam_steps_with_the_gradient_at_the_perturbed_point(tiny_model_dir, tmp_path):
+    """Vanilla SAM by hand: g = grad L(theta), eps = rho g / ||g||, the step's gradient is grad L(theta + eps)."""
+    from mbias.finetune.data import answer_forward
+
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "s",
+                               config=_config("sam", recipe_config={"rho": 0.5}, lora_dropout=0.0), progress=False)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    model = trainer.model
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def mean_loss():
+        sums, counts, _ = answer_forward(model, batch)
+        return (-sums / counts.clamp(min=1)).mean()
+
+    g = torch.autograd.grad(mean_loss(), params)
+    norm = torch.sqrt(sum((x ** 2).sum() for x in g))
+    with torch.no_grad():
+        for p, x in zip(params, g, strict=True):
+            p.add_(0.5 * x / norm)
+    expected = torch.autograd.grad(mean_loss(), params)
+    with torch.no_grad():
+        for p, x in zip(params, g, strict=True):
+            p.sub_(0.5 * x / norm)
+    unperturbed = [x.clone() for x in g]
+    model.zero_grad()
+    trainer.recipe.training_step(model, batch)
+    got = [p.grad for p in params]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, expected, strict=True))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, unperturbed, strict=True))
+
+
+def test_encoder_groups_leave_the_llm_to_a_shared_fusion_group(tiny_model_dir, tmp_path):
+    trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "e",
+                               config=_config("ogm_ge", tune="full", modality_groups="encoders"), progress=False)
+    trainer.create_optimizer_and_scheduler(num_training_steps=1)
+    embeddings = trainer.model.get_input_embeddings().weight
+    assert [p is embeddings for p in trainer.params_of("language")] == [True]
+    shared = {id(p) for p in trainer.params_of("shared")}
+    assert all(id(p) in shared for p in trainer.model.get_decoder().layers.parameters())
+    assert trainer.model.lm_head.weight is embeddings or id(trainer.model.lm_head.weight) in shared
+    vision = {id(p) for p in trainer.params_of("vision")}
+    assert all(id(p) in vision for p in trainer.model.model.vision_tower.parameters())
+    with pytest.raises(ConfigError, match="tune: full"):
+        _config("ogm_ge", modality_groups="encoders")
 
 
 def test_miles_moves_the_dominant_sides_learning_rate(tiny_model_dir, tmp_path):

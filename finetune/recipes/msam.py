@@ -1,4 +1,4 @@
-"""msam: Modality-Aware Sharpness-Aware Minimization (M-SAM; Nowdeh et al., NeurIPS 2025).
+"""msam: Modality-Aware Sharpness-Aware Minimization (M-SAM; Nowdeh et al., NeurIPS 2025), and sam, its control.
 
 Per step: (1) modality Shapley over {image, text} on the batch (no grad; accuracy-valued as in the paper, or the
 answer log-prob) gives weights w_img + w_txt = 1 and the dominant modality d; (2) the loss splits into
@@ -12,6 +12,10 @@ Cost per step: the three ablated variants in one stacked no-grad forward pass, o
 passes (L_s and L_d at theta), and a forward/backward pass at theta + eps; ``direction="previous"`` takes eps from
 the previous step's perturbed gradient and saves one backward pass.
 
+``sam`` is vanilla SAM (Foret et al., ICLR 2021), the same step with the whole loss in the sharp part (no Shapley
+passes, no plain part): it separates what M-SAM's modality weighting does from what sharpness-aware minimisation
+does by itself.
+
 Under DDP the perturbation follows the gradient averaged over processes (DDP averages only the first backward
 after a forward, so the second is averaged here), and every process perturbs its replica the same way: the step
 equals the single-process step on the whole batch. Sharded launchers are refused: eps needs whole gradients and
@@ -21,6 +25,7 @@ perturbs whole weights, which FSDP and DeepSpeed hold in shards.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -32,11 +37,9 @@ from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED
 
 
 @dataclass
-class MSAMConfig:
+class SAMConfig:
     rho: float = field(default=0.05, metadata={"help": "SAM radius"})
     perturbation: str = field(default="l2", metadata={"help": "l2 (rho * g / ||g||) or sign (rho * sign(g))"})
-    granularity: str = field(default="sample", metadata={"help": "sample or batch weights"})
-    value: str = field(default="accuracy", metadata={"help": "Shapley value: accuracy (needs choices) or logprob"})
     direction: str = field(default="fresh", metadata={
         "help": "fresh: eps from grad L_d at this step (the algorithm; a third backward pass); previous: eps from "
                 "the previous step's perturbed gradient of L_d (one backward fewer, as lookahead SAM variants do)"})
@@ -44,26 +47,37 @@ class MSAMConfig:
     def __post_init__(self):
         if self.perturbation not in ("l2", "sign"):
             raise ConfigError(f"perturbation must be l2 or sign, not {self.perturbation!r}")
-        if self.granularity not in ("sample", "batch"):
-            raise ConfigError(f"granularity must be sample or batch, not {self.granularity!r}")
-        if self.value not in ("accuracy", "logprob"):
-            raise ConfigError(f"value must be accuracy or logprob, not {self.value!r}")
         if self.rho <= 0:
             raise ConfigError(f"rho must be positive; got {self.rho}")
         if self.direction not in ("fresh", "previous"):
             raise ConfigError(f"direction must be fresh or previous, not {self.direction!r}")
 
 
-@RECIPES.register("msam")
-class MSAMRecipe(Recipe):
-    config_class = MSAMConfig
-    needs_unimodal = True
-    description = "SAM on the dominant modality's share of the loss, with per-sample modality Shapley weights."
+@dataclass
+class MSAMConfig(SAMConfig):
+    granularity: str = field(default="sample", metadata={"help": "sample or batch weights"})
+    value: str = field(default="accuracy", metadata={"help": "Shapley value: accuracy (needs choices) or logprob"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.granularity not in ("sample", "batch"):
+            raise ConfigError(f"granularity must be sample or batch, not {self.granularity!r}")
+        if self.value not in ("accuracy", "logprob"):
+            raise ConfigError(f"value must be accuracy or logprob, not {self.value!r}")
+
+
+@RECIPES.register("sam")
+class SAMRecipe(Recipe):
+    """Vanilla SAM (Foret et al., ICLR 2021): the whole loss is the sharp part. M-SAM's control: what its modality
+    weighting adds to sharpness-aware minimisation itself."""
+
+    config_class = SAMConfig
+    splits_loss: ClassVar[bool] = False  # a plain part of the loss besides the sharp one (M-SAM)
+    description = "Sharpness-aware minimisation of the whole loss (M-SAM without the modality weighting)."
     refused_because = "it perturbs whole weights along the global gradient norm, and FSDP and DeepSpeed shard both"
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.needs_label_space = self.config.value == "accuracy"
         self.last_direction = None  # grad L_d at the last perturbed point (direction="previous")
 
     def _grads(self, params) -> list[torch.Tensor]:
@@ -72,6 +86,10 @@ class MSAMRecipe(Recipe):
             p.grad = None
         return out
 
+    def loss_split(self, model, inputs: dict, sums: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Each sample's weight [B] in the sharp part of the loss (the rest of its loss is plain), and signals."""
+        return torch.ones_like(sums, dtype=torch.float32), {}
+
     def training_step(self, model, inputs):
         cfg = self.config
         params = [p for p in model.parameters() if p.requires_grad]
@@ -79,18 +97,7 @@ class MSAMRecipe(Recipe):
 
         sums, counts, first = answer_forward(model, inputs)
         per_sample = -sums / counts.clamp(min=1)
-        with torch.no_grad():
-            if cfg.value == "accuracy":
-                full = (choice_logits(first, inputs).argmax(-1) == inputs["mb_gold"]).float()
-            else:
-                full = sums.detach().float()
-        vals = {FULL: full, **variant_values(model, inputs, cfg.value, (QUESTION_MASKED, IMAGE_MASKED, BOTH_MASKED))}
-        phi_img, phi_txt = batch_shapley(vals)
-        w = modality_weights(phi_img, phi_txt)
-        if cfg.granularity == "batch":
-            w = w.mean(0, keepdim=True).expand_as(w)
-        dominant = w.argmax(-1)  # 0 = image, 1 = text
-        w_dom = w.gather(1, dominant[:, None]).squeeze(1)
+        w_dom, split_signals = self.loss_split(model, inputs, sums, first)
         n = per_sample.shape[0]
         loss_dom = (w_dom * per_sample).sum() / n
         loss_sub = ((1 - w_dom) * per_sample).sum() / n
@@ -99,8 +106,9 @@ class MSAMRecipe(Recipe):
         sync = self.trainer.accelerator.sync_gradients
         if sync and self.trainer.args.gradient_accumulation_steps > 1:
             previous = [self.over_processes(g) for g in previous]  # earlier micro-batches ran without DDP's sync
-        self.backward(loss_sub, retain_graph=fresh)
-        g_sub = self._grads(params)
+        if self.splits_loss:  # decided per recipe, not per batch: under DDP every process runs the same backwards
+            self.backward(loss_sub, retain_graph=fresh)
+        g_sub = self._grads(params)  # zeros without a plain part
         if fresh:
             self.backward(loss_dom)
             # DDP averages the first backward after a forward only: the perturbation needs the whole batch's
@@ -130,15 +138,41 @@ class MSAMRecipe(Recipe):
         for p, prev, gs, gd in zip(params, previous, g_sub, g_sharp, strict=True):
             p.grad = prev + gs + gd
         loss = (loss_dom + loss_sub).detach()
-        return loss, {
-            "loss/dominant": loss_dom.item(), "loss/rest": loss_sub.item(),
-            "loss/dominant_perturbed": loss_dom_perturbed.item(),
-            "shapley/phi_image": float(phi_img.mean()), "shapley/phi_text": float(phi_txt.mean()),
-            "weight/image": float(w[:, 0].mean()), "dominant/text_share": float((dominant == 1).float().mean()),
-        }
+        return loss, {"loss/dominant": loss_dom.item(), "loss/rest": loss_sub.item(),
+                      "loss/dominant_perturbed": loss_dom_perturbed.item(), **split_signals}
 
     def state_dict(self):
         return {"last_direction": self.last_direction}
 
     def load_state_dict(self, state):
         self.last_direction = state["last_direction"]
+
+
+@RECIPES.register("msam")
+class MSAMRecipe(SAMRecipe):
+    config_class = MSAMConfig
+    splits_loss = True
+    needs_unimodal = True
+    description = "SAM on the dominant modality's share of the loss, with per-sample modality Shapley weights."
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.needs_label_space = self.config.value == "accuracy"
+
+    def loss_split(self, model, inputs: dict, sums: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Each sample's weight [B] in the sharp part of the loss (the rest of its loss is plain), and signals."""
+        cfg = self.config
+        with torch.no_grad():
+            if cfg.value == "accuracy":
+                full = (choice_logits(first, inputs).argmax(-1) == inputs["mb_gold"]).float()
+            else:
+                full = sums.detach().float()
+        vals = {FULL: full, **variant_values(model, inputs, cfg.value, (QUESTION_MASKED, IMAGE_MASKED, BOTH_MASKED))}
+        phi_img, phi_txt = batch_shapley(vals)
+        w = modality_weights(phi_img, phi_txt)
+        if cfg.granularity == "batch":
+            w = w.mean(0, keepdim=True).expand_as(w)
+        dominant = w.argmax(-1)  # 0 = image, 1 = text
+        return w.gather(1, dominant[:, None]).squeeze(1), {
+            "shapley/phi_image": float(phi_img.mean()), "shapley/phi_text": float(phi_txt.mean()),
+            "weight/image": float(w[:, 0].mean()), "dominant/text_share": float((dominant == 1).float().mean())}
