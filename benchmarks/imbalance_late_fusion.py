@@ -67,7 +67,9 @@ def late_fusion_base(seed: int) -> str:
 LATE_FUSION = Suite(
     script="imbalance_late_fusion.py", folder="late_fusion", variants={"": "late fusion"},
     grid={"ogm_ge": [{"mode": "gradient"}, {"mode": "gradient", "alpha": 0.1}, {"mode": "gradient", "alpha": 0.8}],
-          "sam": [{}], "msam": [{}], "miles": [{}, {"mu": 0.33}], "mnl": [{}], "cggm": [{"mode": "gradient"}]},
+          "sam": [{}], "msam": [{}], "miles": [{}, {"mu": 0.33}], "mnl": [{}],
+          # the released code's batch-to-batch improvement, improvement over 50-step windows, no direction term
+          "cggm": [{"mode": "gradient"}, {"mode": "gradient", "window": 50}, {"mode": "gradient", "lam": 0.0}]},
     title="The late-fusion control",
     setup="with late fusion (late_fusion_model.py: the LLM reads the question without the image, an MLP head "
           "reads the projector's features; logits summed), every parameter trained by SGD (momentum 0.9, cosine), "

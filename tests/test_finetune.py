@@ -244,6 +244,15 @@ def test_ogm_coefficient():
     assert ogm_coefficient(1.0, 2.0, alpha=0.5, offset=1.0) == 1.0
 
 
+def test_cggm_improvement_over_windows():
+    from mbias.finetune.recipes.cggm import improvement
+
+    assert improvement([0.25], 1) == 0.25  # the first step: against 0, as the released code
+    assert improvement([0.25, 0.75], 1) == 0.5  # batch to batch
+    assert improvement([0.0, 0.5, 0.5, 1.0], 2) == pytest.approx(0.5)  # mean(0.5, 1) - mean(0, 0.5)
+    assert improvement([0.5, 1.0], 2) == pytest.approx(0.75)  # nothing before the window yet
+
+
 def test_msam_weights():
     from mbias.finetune.signals import batch_shapley, modality_weights
     from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED

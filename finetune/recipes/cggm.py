@@ -9,7 +9,10 @@ scaled by rho * B_m; a direction term L_gm = (sum |B_m| - sum B_m cos(u_m, u_fus
 the fused representation (the final hidden state that predicts the answer) towards each head's output u_m.
 
 Guards (the released code has none): B_m is clamped to [0, b_max] and left at 1 while |S| < s_min, so the sign
-never flips and nothing explodes when accuracies stall. Released code vs paper: the code's "gradient" cosine is
+never flips and nothing explodes when accuracies stall. Batch-to-batch accuracy differences are mostly sampling
+noise once a head learns slowly, and the clamped ratio then slows the noisier (weaker) side on average, the
+opposite of the intent (the late-fusion control, docs/recipes.md); ``window`` compares means over windows of
+steps instead. Released code vs paper: the code's "gradient" cosine is
 between output-layer weights; here it is between representations, the nearest analogue in an LLM whose output
 layer is frozen. Released defaults: rho 1.3, lambda 0.05-0.2, gradient clip 0.8. Heads are not saved with the
 adapter (they are not part of the model). Under DDP the heads' gradients and accuracies are averaged over the
@@ -37,11 +40,22 @@ class CGGMConfig(ModulationConfig):
     head_lr: float = field(default=5e-4, metadata={"help": "learning rate of the classifier heads"})
     b_max: float = field(default=3.0, metadata={"help": "B_m is clamped to [0, b_max]"})
     s_min: float = field(default=1e-3, metadata={"help": "no modulation while |S| is below this"})
+    window: int = field(default=1, metadata={
+        "help": "Delta_m = a head's mean batch accuracy over the last `window` steps minus over the `window` "
+                "before; 1 = batch to batch, as the released code (noise when a head learns slowly)"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.rho <= 0 or self.b_max <= 0 or self.clip <= 0:
             raise ConfigError("rho, b_max and clip must be positive")
+        if self.window < 1:
+            raise ConfigError(f"window must be >= 1; got {self.window}")
+
+
+def improvement(history: list[float], window: int) -> float:
+    """Delta: the mean of the last ``window`` accuracies minus the mean of the ``window`` before (0 before any)."""
+    now, before = history[-window:], history[:-window][-window:]
+    return sum(now) / len(now) - (sum(before) / len(before) if before else 0.0)
 
 
 def modulation_coefficients(delta: dict[str, float], s_min: float, b_max: float) -> dict[str, float]:
@@ -79,7 +93,7 @@ class CGGMRecipe(Recipe):
         super().__init__(config)
         self.heads = None
         self.head_opt = None
-        self.prev_acc = {"vision": 0.0, "language": 0.0}
+        self.history = {"vision": [], "language": []}  # each head's last 2 * window batch accuracies
 
     def setup(self, trainer):
         super().setup(trainer)
@@ -115,8 +129,10 @@ class CGGMRecipe(Recipe):
         # the whole batch's accuracies, so that every process scales its gradients by the same B_m
         acc = dict(zip(self.heads, self.over_processes(torch.stack(hits)).tolist(), strict=True))
 
-        delta = {m: acc[m] - self.prev_acc[m] for m in acc}
-        self.prev_acc = acc
+        w = cfg.window
+        for m, a in acc.items():
+            self.history[m] = [*self.history[m], a][-2 * w:]
+        delta = {m: improvement(self.history[m], w) for m in acc}
         coef = modulation_coefficients(delta, cfg.s_min, cfg.b_max)
         # direction term: the fused representation that predicts the answer, against each head's output
         fused = first_answer_state(out, inputs).float()
@@ -130,10 +146,10 @@ class CGGMRecipe(Recipe):
                       "cggm/B_text": coef["language"]}
 
     def state_dict(self):
-        return {"heads": self.heads.state_dict(), "head_opt": self.head_opt.state_dict(), "prev_acc": self.prev_acc}
+        return {"heads": self.heads.state_dict(), "head_opt": self.head_opt.state_dict(), "history": self.history}
 
     def load_state_dict(self, state):
         self.heads.load_state_dict(state["heads"])
         self.head_opt.load_state_dict(state["head_opt"])
-        self.prev_acc = state["prev_acc"]
+        self.history = state["history"]
 
