@@ -33,34 +33,41 @@ from imbalance_routing import Suite, main
 MODEL_FILE = Path(__file__).with_name("late_fusion_model.py")
 
 
-def late_fusion_base(seed: int) -> str:
-    """The late-fusion model of run ``seed`` (zoo build ``seed`` + a head initialised with ``seed``), built once."""
+def build_late_fusion(src, out: Path, seed: int) -> Path:
+    """A late-fusion model folder at ``out`` from the LLaVA folder ``src`` (its weights, a head initialised with
+    ``seed``), loadable with ``trust_remote_code=True``. Written whole or not at all."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from mbias.zoo import model_identity
-
-    key = hashlib.sha256((MODEL_FILE.read_text() + model_identity(BASES[seed])).encode()).hexdigest()[:10]
-    out = WORK / f"late-fusion-{key}" / f"s{seed}"
-    if (out / MODEL_FILE.name).exists():
-        return str(out)
     sys.path.insert(0, str(MODEL_FILE.parent))
     from late_fusion_model import LateFusionLlava
 
-    src = _built(BASES[seed])
     llava = LlavaForConditionalGeneration.from_pretrained(src)
     torch.manual_seed(seed)
     model = LateFusionLlava(llava.config)
     missing, unexpected = model.load_state_dict(llava.state_dict(), strict=False)
-    assert not unexpected and all(".late_head." in k for k in missing), (missing, unexpected)
+    if unexpected or not all(".late_head." in k for k in missing):
+        raise RuntimeError(f"{src} is not a LLaVA whose weights LateFusionLlava takes: {missing}, {unexpected}")
     model.config.auto_map = {"AutoModelForImageTextToText": f"{MODEL_FILE.stem}.LateFusionLlava"}
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     AutoProcessor.from_pretrained(src).save_pretrained(tmp)
-    shutil.copy(MODEL_FILE, tmp / MODEL_FILE.name)  # last: its presence marks a finished base
+    shutil.copy(MODEL_FILE, tmp / MODEL_FILE.name)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    return out
+
+
+def late_fusion_base(seed: int) -> str:
+    """The late-fusion model of run ``seed`` (zoo build ``seed`` + a head initialised with ``seed``), built once."""
+    from mbias.zoo import model_identity
+
+    key = hashlib.sha256((MODEL_FILE.read_text() + model_identity(BASES[seed])).encode()).hexdigest()[:10]
+    out = WORK / f"late-fusion-{key}" / f"s{seed}"
+    if not (out / MODEL_FILE.name).exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        build_late_fusion(_built(BASES[seed]), out, seed)
     return str(out)
 
 
