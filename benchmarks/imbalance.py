@@ -174,6 +174,7 @@ def train_and_evaluate(tag: str, name: str, seed: int, args, evaluator, override
         ("" if data == arm_config("lora", seed)[2] else "-" + data.replace(":", "-").replace("/", "-")) + \
         ("" if config.tune == "full" else f"-lora{config.lora_r}") + ("-routed" if config.lora_routing else "") + \
         (f"-sgd-lr{config.learning_rate:g}" if getattr(config.optim, "value", config.optim) == "sgd" else "") + \
+        (f"-n{config.max_train_samples}" if config.max_train_samples else "") + \
         ("" if base is None else f"-{Path(model).parent.name}")  # a built base: WORK/NAME/s{seed}
     out = WORK / f"{label}-s{seed}"
     settings = config.mbias_dict()
