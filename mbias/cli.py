@@ -228,6 +228,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mbias: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under ``accelerate launch``, leave the process group before the interpreter exits: Gloo's worker threads
+    can otherwise still hold work during finalization and abort the finished process (SIGABRT, "terminate called
+    without an active exception"; pytorch/pytorch#179291). Every collective of the command is over by now."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main_entry() -> None:
