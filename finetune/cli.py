@@ -45,6 +45,7 @@ def run_finetune_command(args) -> int:
         print(f"wrote a {config.recipe} fine-tuned model to {out}; audit it with: mbias audit --model {out} "
               "--data DATA --out DIR")
     else:
-        print(f"wrote a {config.recipe} LoRA adapter to {out}; audit it with: mbias audit --model {model} "
+        kind = "routed LoRA adapter" if config.lora_routing else "LoRA adapter"
+        print(f"wrote a {config.recipe} {kind} to {out}; audit it with: mbias audit --model {model} "
               f"--adapter {out} --data DATA --out DIR")
     return 0

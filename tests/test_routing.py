@@ -138,3 +138,12 @@ def test_mbias_audit_reads_a_routed_adapter_and_says_so(tiny_model_dir, tmp_path
     jsonschema.validate(summary, schema)
     assert summary["adapter"]["routed"] is True
     assert f"routed LoRA adapter {ft}" in (out / "report.md").read_text()
+
+
+def test_mbias_finetune_says_it_wrote_a_routed_adapter(tiny_model_dir, tmp_path, capsys):
+    from mbias.cli import main
+
+    assert main(["finetune", "--model", tiny_model_dir("llava"), "--data", DATA, "--lora-routing", "true",
+                 "--max-steps", "1", "--batch-size", "2", "--max-train-samples", "4", "--no-progress",
+                 "--out", str(tmp_path / "routed")]) == 0
+    assert "wrote a lora routed LoRA adapter" in capsys.readouterr().out
