@@ -69,7 +69,12 @@ def arm_config(name: str, seed: int, overrides: dict | None = None, base=None):
     values = {**load_yaml(path), **(overrides or {}), "seed": seed}
     values.pop("model")
     data = values.pop("data")
-    return build_config(FinetuneConfig, values, where=str(path)), base(seed) if base else BASES[seed], data
+    return build_config(FinetuneConfig, values, where=str(path)), base_model(seed, base), data
+
+
+def base_model(seed: int, base=None) -> str:
+    """The model run ``seed`` trains: ``base(seed)``, or zoo build ``seed``."""
+    return base(seed) if base else BASES[seed]
 
 
 def has_remote_code(model: str) -> bool:

@@ -8,9 +8,10 @@ i.e. an encoder per modality and a linear fusion, the models OGM-GE, M-SAM, MILE
 measured on. Each base is zoo:scratch build i (random initialisation) plus a fresh head (seed i), trained with
 every parameter on synth:shapes-p90/train, 800 steps x batch 64, SGD with momentum 0.9 (the OGM-GE and M-SAM
 papers' optimizer; learning rate chosen for plain training on val), recipes in the papers' form (gradients
-scaled, not learning rates), their settings chosen on val where a range was tried. The recipes run unchanged: the same code, the same
-ablated passes (question masked, image replaced by the blank baseline), the same parameter groups (vision = ViT,
-projector and head; language = the LLM). A port that cannot beat plain training here has a bug.
+scaled, not learning rates), their settings chosen on val where a range was tried. The recipes run unchanged:
+the same code, the same ablated passes (question masked, image replaced by the blank baseline), the same
+parameter groups (vision = ViT, projector and head; language = the LLM). A port that cannot beat plain training
+here has a bug.
 
 Measures, intervals and pairing as in ``imbalance.py``, plus plain training on unbiased data (the bound on the
 image side). Arms in ``configs/imbalance/late_fusion/``; their ``model:`` is the seed-0 base this script builds
@@ -39,7 +40,8 @@ def build_late_fusion(src, out: Path, seed: int) -> Path:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    sys.path.insert(0, str(MODEL_FILE.parent))
+    if str(MODEL_FILE.parent) not in sys.path:
+        sys.path.insert(0, str(MODEL_FILE.parent))
     from late_fusion_model import LateFusionLlava
 
     llava = LlavaForConditionalGeneration.from_pretrained(src)

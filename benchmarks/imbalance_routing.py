@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import yaml
 from imbalance import (
-    BASES,
     CONFIGS,
     ID_TOLERANCE,
     METRICS,
@@ -39,6 +38,7 @@ from imbalance import (
     UNBIASED_TRAIN,
     VAL,
     add_run_args,
+    base_model,
     evaluate,
     evaluate_val,
     train_and_evaluate,
@@ -62,7 +62,7 @@ class Suite:
     finetune_flags: str = ""  # what `mbias finetune --config FILE` needs besides (e.g. "--trust-remote-code ")
 
     def bases(self, seeds) -> list[str]:
-        return [self.base(s) if self.base else BASES[s] for s in seeds]
+        return [base_model(s, self.base) for s in seeds]
 
     @property
     def stem(self) -> str:

@@ -21,6 +21,8 @@ import torch
 from transformers import LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaCausalLMOutputWithPast
 
+from mbias.finetune.data import first_of_row
+
 
 class LateFusionLlava(LlavaForConditionalGeneration):
     def __init__(self, config):
@@ -64,9 +66,7 @@ class LateFusionLlava(LlavaForConditionalGeneration):
             logits = self.lm_head(hidden[keep])  # [T, vocab], row-major
             if image_logits is not None:
                 rows = keep.nonzero()[:, 0]
-                first = torch.ones_like(rows, dtype=torch.bool)
-                first[1:] = rows[1:] != rows[:-1]
-                at = first.nonzero()[:, 0]
+                at = first_of_row(rows).nonzero()[:, 0]
                 logits = logits.index_add(0, at, image_logits[rows[at]].to(logits.dtype))
         else:
             k = int(logits_to_keep)
