@@ -41,7 +41,13 @@ from recipe_comparison import _predictions, fmt, summarise
 HERE = Path(__file__).parent
 OUT, CONFIGS = HERE / "results", HERE / "configs" / "imbalance"
 WORK = Path("/tmp/mbias-imbalance")
-BASES = {0: "zoo:scratch", 1: "zoo:scratch-seed1", 2: "zoo:scratch-seed2"}
+
+
+def scratch_build(seed: int) -> str:
+    """The zoo build run ``seed`` starts from: zoo:scratch with training seed ``seed`` (another random init)."""
+    return "zoo:scratch" + (f"-seed{seed}" if seed else "")
+
+
 UNBIASED_TRAIN = "synth:shapes-p00/train"
 SPLITS = ("test-cp", "test-id", "test-balanced")
 VAL = {"val-balanced": "synth:shapes-p00/val", "val": "synth:shapes-p90/val"}
@@ -74,7 +80,7 @@ def arm_config(name: str, seed: int, overrides: dict | None = None, base=None):
 
 def base_model(seed: int, base=None) -> str:
     """The model run ``seed`` trains: ``base(seed)``, or zoo build ``seed``."""
-    return base(seed) if base else BASES[seed]
+    return base(seed) if base else scratch_build(seed)
 
 
 def has_remote_code(model: str) -> bool:
@@ -241,13 +247,13 @@ def run_selection(args) -> None:
                 f"# Reproduce: mbias finetune --config benchmarks/configs/imbalance/{recipe}.yaml --out DIR\n")
         body = {**base, "recipe": recipe, "recipe_config": rc}
         (CONFIGS / f"{recipe}.yaml").write_text(text + yaml.safe_dump(body, sort_keys=False))
-    meta = {"command": "python benchmarks/imbalance.py --select", "base": BASES[0], "n_val": args.n_val,
+    meta = {"command": "python benchmarks/imbalance.py --select", "base": scratch_build(0), "n_val": args.n_val,
             "date": time.strftime("%Y-%m-%d")}
     OUT.mkdir(exist_ok=True)
     (OUT / "imbalance_selection.json").write_text(json.dumps(
         {"meta": meta, "rows": table, "best": {r: {"run": b[0], "config": b[2]} for r, b in best.items()}}, indent=2))
     lines = [f"# Imbalance benchmark: settings chosen on val ({meta['date']})", "", f"`{meta['command']}`", "",
-             f"{BASES[0]} trained with every parameter on synth:shapes-p90/train (configs/imbalance/lora.yaml: 800 "
+             f"{scratch_build(0)} trained with every parameter on synth:shapes-p90/train (configs/imbalance/lora.yaml: 800 "
              f"steps x batch 64, lr 2e-3), seed 0, one run per setting. val-balanced = {VAL['val-balanced']} (the "
              f"wording predicts nothing), val = {VAL['val']} (in-distribution); {args.n_val} examples each, 95% "
              "bootstrap over examples, differences paired with plain training. No test split is read.", "",
@@ -272,7 +278,7 @@ METRICS = ["test-cp", "test-id", "test-balanced", "image-only", "probe", "audit/
 def run_comparison(args) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = [a for a in ARMS if not args.arms or a[0] in args.arms.split(",")]
-    results = {"before training": {s: evaluate(str(_built(BASES[s])), args) for s in seeds}}
+    results = {"before training": {s: evaluate(str(_built(scratch_build(s))), args) for s in seeds}}
     timing = {}
     for label, name, overrides in arms:
         results[label], per = {}, []
@@ -286,14 +292,18 @@ def run_comparison(args) -> None:
     categories = sorted(set(results["plain"][seeds[0]]["test-cp"]["category"]))
     metrics = METRICS + [f"test-cp/{c}" for c in categories] + [f"probe/{c}" for c in categories]
     table = summarise(results, metrics, reference="plain")
-    meta = {"command": "python benchmarks/imbalance.py" + (f" --arms {args.arms}" if args.arms else ""),
-            "bases": [BASES[s] for s in seeds], "n_eval": args.n_eval, "n_audit": args.n_audit,
+    command = "python benchmarks/imbalance.py" + "".join(
+        f" --{flag} {value}" for flag, value, default in [("arms", args.arms, None), ("seeds", args.seeds, "0,1,2"),
+                                                           ("out-name", args.out_name, "imbalance")]
+        if value != default)
+    meta = {"command": command,
+            "bases": [scratch_build(s) for s in seeds], "n_eval": args.n_eval, "n_audit": args.n_audit,
             "n_probe": args.n_probe, "date": time.strftime("%Y-%m-%d"),
             "configs": {label: (CONFIGS / f"{name}.yaml").read_text() for label, name, _ in arms}}
     OUT.mkdir(exist_ok=True)
-    (OUT / "imbalance.json").write_text(json.dumps({"meta": meta, "rows": table, "seconds_per_step": timing},
-                                                   indent=2))
-    write_markdown(table, timing, meta, seeds, categories)
+    (OUT / f"{args.out_name}.json").write_text(json.dumps({"meta": meta, "rows": table, "seconds_per_step": timing},
+                                                          indent=2))
+    write_markdown(table, timing, meta, seeds, categories, args.out_name)
 
 
 def _built(ref: str) -> Path:
@@ -302,7 +312,7 @@ def _built(ref: str) -> Path:
     return build_zoo_model(ref.removeprefix("zoo:"), progress=False)
 
 
-def write_markdown(table, timing, meta, seeds, categories) -> None:
+def write_markdown(table, timing, meta, seeds, categories, name: str) -> None:
     names = {"test-cp": "test-cp", "test-id": "test-id", "test-balanced": "test-balanced",
              "image-only": "image-only", "probe": "vision probe", "audit/vision_share": "vision share",
              "audit/follows_text": "follows wording"}
@@ -328,16 +338,18 @@ def write_markdown(table, timing, meta, seeds, categories) -> None:
         lines.append(f"| {label} | " + " | ".join(f"{r[f'test-cp/{c}']['mean']:.2f} / {r[f'probe/{c}']['mean']:.2f}"
                                                   for c in categories) + " |")
     for split in ("test-cp", "test-id", "image-only"):
-        lines += ["", f"Per run (build 0, 1, 2), {split}:", ""]
+        lines += ["", f"Per run (build {', '.join(map(str, seeds))}), {split}:", ""]
         lines += [f"- {label}: " + ", ".join(f"{v:.3f}" for v in r[split]["per_run"]) for label, r in table.items()]
-    (OUT / "imbalance.md").write_text("\n".join(lines) + "\n")
-    print((OUT / "imbalance.md").read_text())
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print((OUT / f"{name}.md").read_text())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--select", action="store_true", help="try each recipe's settings on val data instead")
     ap.add_argument("--arms", help="comma-separated arm names (default: all)")
+    ap.add_argument("--out-name", default="imbalance", help="results/NAME.{json,md}: a run on other arms or builds "
+                                                             "does not overwrite the main table")
     add_run_args(ap)
     args = ap.parse_args()
     run_selection(args) if args.select else run_comparison(args)

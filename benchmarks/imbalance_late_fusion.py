@@ -28,7 +28,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from imbalance import BASES, WORK, _built
+from imbalance import WORK, _built, scratch_build
 from imbalance_routing import Suite, main
 
 MODEL_FILE = Path(__file__).with_name("late_fusion_model.py")
@@ -65,11 +65,11 @@ def late_fusion_base(seed: int) -> str:
     """The late-fusion model of run ``seed`` (zoo build ``seed`` + a head initialised with ``seed``), built once."""
     from mbias.zoo import model_identity
 
-    key = hashlib.sha256((MODEL_FILE.read_text() + model_identity(BASES[seed])).encode()).hexdigest()[:10]
+    key = hashlib.sha256((MODEL_FILE.read_text() + model_identity(scratch_build(seed))).encode()).hexdigest()[:10]
     out = WORK / f"late-fusion-{key}" / f"s{seed}"
     if not (out / MODEL_FILE.name).exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        build_late_fusion(_built(BASES[seed]), out, seed)
+        build_late_fusion(_built(scratch_build(seed)), out, seed)
     return str(out)
 
 
