@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -41,13 +43,6 @@ from recipe_comparison import _predictions, fmt, summarise
 HERE = Path(__file__).parent
 OUT, CONFIGS = HERE / "results", HERE / "configs" / "imbalance"
 WORK = Path("/tmp/mbias-imbalance")
-
-
-def scratch_build(seed: int) -> str:
-    """The zoo build run ``seed`` starts from: zoo:scratch with training seed ``seed`` (another random init)."""
-    return "zoo:scratch" + (f"-seed{seed}" if seed else "")
-
-
 UNBIASED_TRAIN = "synth:shapes-p00/train"
 SPLITS = ("test-cp", "test-id", "test-balanced")
 VAL = {"val-balanced": "synth:shapes-p00/val", "val": "synth:shapes-p90/val"}
@@ -63,6 +58,11 @@ GRID = {
     "cggm": [{}],
 }
 ID_TOLERANCE = 0.02  # the issue's bar: no loss on in-distribution accuracy beyond 2 points
+
+
+def scratch_build(seed: int) -> str:
+    """The zoo build run ``seed`` starts from: zoo:scratch with training seed ``seed`` (another random init)."""
+    return "zoo:scratch" + (f"-seed{seed}" if seed else "")
 
 
 def arm_config(name: str, seed: int, overrides: dict | None = None, base=None):
@@ -292,11 +292,7 @@ def run_comparison(args) -> None:
     categories = sorted(set(results["plain"][seeds[0]]["test-cp"]["category"]))
     metrics = METRICS + [f"test-cp/{c}" for c in categories] + [f"probe/{c}" for c in categories]
     table = summarise(results, metrics, reference="plain")
-    command = "python benchmarks/imbalance.py" + "".join(
-        f" --{flag} {value}" for flag, value, default in [("arms", args.arms, None), ("seeds", args.seeds, "0,1,2"),
-                                                           ("out-name", args.out_name, "imbalance")]
-        if value != default)
-    meta = {"command": command,
+    meta = {"command": shlex.join(["python", "benchmarks/imbalance.py", *sys.argv[1:]]),
             "bases": [scratch_build(s) for s in seeds], "n_eval": args.n_eval, "n_audit": args.n_audit,
             "n_probe": args.n_probe, "date": time.strftime("%Y-%m-%d"),
             "configs": {label: (CONFIGS / f"{name}.yaml").read_text() for label, name, _ in arms}}
@@ -340,8 +336,9 @@ def write_markdown(table, timing, meta, seeds, categories, name: str) -> None:
     for split in ("test-cp", "test-id", "image-only"):
         lines += ["", f"Per run (build {', '.join(map(str, seeds))}), {split}:", ""]
         lines += [f"- {label}: " + ", ".join(f"{v:.3f}" for v in r[split]["per_run"]) for label, r in table.items()]
-    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print((OUT / f"{name}.md").read_text())
+    text = "\n".join(lines) + "\n"
+    (OUT / f"{name}.md").write_text(text)
+    print(text)
 
 
 def main() -> None:
