@@ -1,6 +1,8 @@
-"""The zoo: tiny LLaVA models trained from scratch on ``synth:shapes-pNN/train``, cached, loadable as ``zoo:NAME``.
+"""The zoo: tiny LLaVA models trained from scratch on ``synth:shapes-pNN/train``, loadable as ``zoo:NAME``.
 
-A model's cache folder is keyed by a hash of everything that shapes it (training config, dataset, zoo version),
+The names the README, docs, demo and benchmarks use resolve to builds shipped with mbias (``mbias.zoo.pinned``):
+the same weights on every machine, checked against their sha256 on load. Any other name (``shapes-p90-seed12``)
+is trained here on first use and cached. A cached model's cache folder is keyed by a hash of everything that shapes it (training config, dataset, zoo version),
 so changing any of them builds a fresh model instead of silently reusing a stale one. Builds take a file lock
 (two processes asking for the same model build it once) and write to a temporary folder renamed at the end, so
 an interrupted build never leaves a half-written model behind.
@@ -64,8 +66,12 @@ def _entries() -> dict[str, ZooEntry]:
 
 def zoo_entry(name: str) -> ZooEntry:
     """The entry of ``name``; ``NAME-seedN`` is NAME trained with seed N (another build of the same recipe:
-    whether a planted prior survives training varies between builds, so a finding should hold on several)."""
+    whether a planted prior survives training varies between builds, so a finding should hold on several). A
+    pinned public name stands for the build it pins (``shapes-p90`` -> ``shapes-p90-seedN``)."""
+    from mbias.zoo.pinned import pinned_builds
+
     entries = _entries()
+    name = pinned_builds().get(name, name)
     base, _, seed = name.rpartition("-seed")
     if base in entries and seed.isdigit():
         entry = entries[base]
@@ -88,14 +94,27 @@ def model_dir(entry: ZooEntry) -> Path:
 
 def model_identity(ref: str) -> str:
     """What a model reference stands for, for caches and resume checks: ``zoo:NAME`` keeps its name when its
-    training config changes, so it becomes ``zoo:NAME@KEY``; any other reference is returned as given."""
+    training config changes, so it becomes ``zoo:NAME@KEY`` (``zoo:NAME@sha256:DIGEST`` for a pinned build, whose
+    weights are the identity); any other reference is returned as given."""
+    from mbias.zoo.pinned import pinned_builds, pinned_record
+
     if not ref.startswith("zoo:"):
         return ref
-    return f"{ref}@{zoo_entry(ref.removeprefix('zoo:')).key()}"
+    name = ref.removeprefix("zoo:")
+    build = pinned_builds().get(name)
+    if build is not None:
+        return f"{ref}@sha256:{pinned_record(build)['sha256']['model.safetensors'][:16]}"
+    return f"{ref}@{zoo_entry(name).key()}"
 
 
 def zoo_model_path(name: str, *, build: bool = True, progress: bool = True) -> Path:
-    """The cached folder of ``zoo:name``, building it first if needed (about 90 s on a 2-core CPU)."""
+    """The folder of ``zoo:name``: the shipped build when the name is pinned (its files checked against their
+    sha256), else the cached build, training it first if needed (about 90 s on a 2-core CPU)."""
+    from mbias.zoo.pinned import verified_folder
+
+    shipped = verified_folder(name)
+    if shipped is not None:
+        return shipped
     entry = zoo_entry(name)
     path = model_dir(entry)
     if (path / "zoo.json").exists():
@@ -106,7 +125,7 @@ def zoo_model_path(name: str, *, build: bool = True, progress: bool = True) -> P
 
 
 def build_zoo_model(name: str, *, force: bool = False, progress: bool = True) -> Path:
-    """Train ``zoo:name`` from scratch and cache it; returns the model folder."""
+    """Train ``zoo:name`` from scratch into the cache (never the shipped folder); returns the model folder."""
     entry = zoo_entry(name)
     final = model_dir(entry)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +169,8 @@ def _train_into(entry: ZooEntry, tmp: Path, progress: bool) -> dict:
     evaluation = load_synth(f"{entry.data.rsplit('/', 1)[0]}/{EVAL_SPLIT}")
     acc = choice_accuracy(scorer, [evaluation[i] for i in range(min(EVAL_SIZE, len(evaluation)))])
     record = {"name": entry.name, "key": entry.key(), "data": entry.data, "train_config": cfg.to_dict(),
-              "zoo_version": ZOO_VERSION, "torch": torch.__version__,
+              "zoo_version": ZOO_VERSION, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "machine": machine(),
               "build_seconds": round(time.perf_counter() - t0, 1), **info, "eval": {EVAL_SPLIT: acc}}
     (tmp / "zoo.json").write_text(json.dumps(record, indent=2))
     return record
@@ -169,14 +189,38 @@ def _deterministic(seed: int):
         torch.use_deterministic_algorithms(previous)
 
 
+def machine() -> str:
+    """The CPU model and core count (what decides a build's float rounding), e.g. ``AMD EPYC 9B14 x 2``."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} x {os.cpu_count()}"
+
+
 def zoo_status() -> list[dict]:
+    """One row per public name: pinned (shipped, with its measured behaviour), built here, or not built."""
+    from mbias.zoo.pinned import pinned_builds, pinned_record
+
     rows = []
-    for name, entry in _entries().items():
+    pinned = pinned_builds()
+    names = list(dict.fromkeys([*_entries(), *pinned]))
+    for name in names:
+        if name in pinned:
+            record = pinned_record(pinned[name])
+            rows.append({"name": name, "status": "pinned", "build": pinned[name],
+                         "behaviour": record["behaviour"], "description": record["description"]})
+            continue
+        entry = _entries()[name]
         path = model_dir(entry)
         info = json.loads((path / "zoo.json").read_text()) if (path / "zoo.json").exists() else None
-        rows.append({
-            "name": name, "status": "built" if info else "not built",
-            "accuracy": info["eval"][EVAL_SPLIT]["accuracy"] if info else None,
-            "path": str(path) if info else "", "description": entry.description,
-        })
+        rows.append({"name": name, "status": "built" if info else "not built", "build": entry.name,
+                     "behaviour": info.get("behaviour") if info else None, "path": str(path) if info else "",
+                     "description": entry.description})
     return rows

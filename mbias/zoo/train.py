@@ -90,18 +90,25 @@ def train_tiny(scorer, train_examples, cfg: ZooTrainConfig, progress: bool = Tru
 
 
 @torch.no_grad()
-def choice_accuracy(scorer, examples, progress: bool = False) -> dict:
-    """Accuracy (argmax over choices) overall and per category, plus the share of answers equal to the cue."""
+def answers(scorer, examples, progress: bool = False) -> list[dict]:
+    """Per example: whether the predicted answer (argmax over choices) is right and whether it is the cue answer."""
     from tqdm.auto import tqdm
 
-    correct, per_cat, follows = 0, {}, 0
+    out = []
     for ex in tqdm(examples, desc="evaluating", disable=not progress, leave=False):
         pred = scorer.predict(scorer.prepare(ex))
-        correct += pred.correct
-        c = per_cat.setdefault(ex.category, [0, 0])
-        c[0] += pred.correct
-        c[1] += 1
-        follows += pred.text == ex.meta.get("cue_answer")
-    n = len(examples)
-    return {"accuracy": correct / n, "n": n, "cue_rate": follows / n,
-            "per_category": {k: v[0] / v[1] for k, v in sorted(per_cat.items())}}
+        out.append({"category": ex.category, "correct": float(pred.correct),
+                    "follows_cue": float(pred.text == ex.meta.get("cue_answer"))})
+    return out
+
+
+def choice_accuracy(scorer, examples, progress: bool = False) -> dict:
+    """Accuracy (argmax over choices) overall and per category, plus the share of answers equal to the cue."""
+    rows = answers(scorer, examples, progress)
+    per_cat: dict[str, list[float]] = {}
+    for r in rows:
+        per_cat.setdefault(r["category"], []).append(r["correct"])
+    n = len(rows)
+    return {"accuracy": sum(r["correct"] for r in rows) / n, "n": n,
+            "cue_rate": sum(r["follows_cue"] for r in rows) / n,
+            "per_category": {k: sum(v) / len(v) for k, v in sorted(per_cat.items())}}
