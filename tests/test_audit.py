@@ -225,12 +225,12 @@ def test_a_rebuilt_zoo_model_does_not_resume_the_old_models_results(monkeypatch)
     import mbias.zoo
     from mbias.diagnose.config import AuditConfig
 
-    config = AuditConfig()
-    before = config.fingerprint("zoo:shapes-p90", None, "synth:shapes-p90/test-cp")
-    entry = mbias.zoo.zoo_entry("shapes-p90")
+    config = AuditConfig()  # an unpinned build (a pinned one's identity is its weights' digest: tests/test_zoo.py)
+    before = config.fingerprint("zoo:shapes-p90-seed31", None, "synth:shapes-p90/test-cp")
+    entry = mbias.zoo.zoo_entry("shapes-p90-seed31")
     retrained = dataclasses.replace(entry, train=dataclasses.replace(entry.train, steps=entry.train.steps + 1))
     monkeypatch.setattr(mbias.zoo, "zoo_entry", lambda name: retrained)
-    assert config.fingerprint("zoo:shapes-p90", None, "synth:shapes-p90/test-cp") != before
+    assert config.fingerprint("zoo:shapes-p90-seed31", None, "synth:shapes-p90/test-cp") != before
 
 
 def test_torn_last_line_is_repaired(tmp_path):

@@ -219,8 +219,40 @@ def zoo_status() -> list[dict]:
             continue
         entry = _entries()[name]
         path = model_dir(entry)
-        info = json.loads((path / "zoo.json").read_text()) if (path / "zoo.json").exists() else None
-        rows.append({"name": name, "status": "built" if info else "not built", "build": entry.name,
-                     "behaviour": info.get("behaviour") if info else None, "path": str(path) if info else "",
+        built = (path / "zoo.json").exists()
+        measured = path / "behaviour.json"  # written by `mbias zoo build NAME --rebuild`
+        rows.append({"name": name, "status": "built" if built else "not built", "build": entry.name,
+                     "behaviour": json.loads(measured.read_text()) if measured.exists() else None,
+                     "path": str(path) if built else "",
                      "description": entry.description})
     return rows
+
+
+def rebuild_report(name: str, *, force: bool, progress: bool = True) -> tuple[Path, list[str]]:
+    """Train ``zoo:name`` here (from scratch with ``force``), measure its behaviour, and say how it compares with
+    the shipped build of the same name; returns the folder and the lines to print."""
+    from mbias.models import load_model
+    from mbias.zoo.pinned import behaviour_line, measure_behaviour, pinned_builds, pinned_record, sha256
+
+    entry = zoo_entry(name)
+    path = build_zoo_model(entry.name, force=force, progress=progress)
+    behaviour = measure_behaviour(load_model(str(path), device="cpu", dtype="float32"),
+                                  entry.data.split("/")[0].removeprefix("synth:shapes-p"), progress=progress)
+    (path / "behaviour.json").write_text(json.dumps(behaviour, indent=2))
+    lines = [f"rebuilt here: {behaviour_line(behaviour)}"]
+    build = pinned_builds().get(name)
+    if build is None:
+        return path, lines
+    shipped = pinned_record(build)
+    same = shipped["sha256"]["model.safetensors"] == sha256(path / "model.safetensors")
+    record = shipped["build_record"]
+    lines.insert(0, f"shipped:      {behaviour_line(shipped['behaviour'])} (built with {record.get('threads')} "
+                    f"thread(s) on {record.get('machine')}, torch {record.get('torch')})")
+    lines.append("weights identical to the shipped build" if same else
+                 "weights differ from the shipped build (expected on another CPU or thread count: the planted "
+                 "bias of a build is decided by float rounding; docs/methods.md)")
+    for split in ("test-cp", "test-balanced", "test-id"):
+        for key in ("accuracy", "cue_following"):
+            a, b = shipped["behaviour"][split][key]["mean"], behaviour[split][key]["mean"]
+            lines.append(f"  {split:<14} {key:<14} shipped {a:.3f}  rebuilt {b:.3f}  difference {b - a:+.3f}")
+    return path, lines

@@ -100,7 +100,7 @@ def verified_folder(name: str, root: Path | None = None) -> Path | None:
     return folder
 
 
-def measure_behaviour(scorer, prior_key: str, *, n: int = BEHAVIOUR_N, progress: bool = False) -> dict:
+def measure_behaviour(scorer, prior_key: str, *, n: int | None = None, progress: bool = False) -> dict:
     """Counter-prior, balanced and in-distribution accuracy and cue-following, with 95% intervals.
 
     test-cp and test-balanced come from ``synth:shapes-p90`` for every model (the splits the verdict benchmark
@@ -110,6 +110,7 @@ def measure_behaviour(scorer, prior_key: str, *, n: int = BEHAVIOUR_N, progress:
     from mbias.synth import load_synth
     from mbias.zoo.train import answers
 
+    n = n or BEHAVIOUR_N
     out = {}
     for split in BEHAVIOUR_SPLITS:
         data = load_synth(f"shapes-p{prior_key if split == 'test-id' else '90'}/{split}")
