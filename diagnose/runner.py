@@ -189,7 +189,10 @@ def _audit_samples(scorer, examples, todo, probes, config, path, on_error, progr
             full = ctx.outcome(KEEP, KEEP)
             record = {"id": ex.id, "index": i, "image_key": ex.image_key, "category": ex.category,
                       "question": ex.question, "answer": ex.answer, "prediction": full.prediction,
-                      "correct": float(full.correct), "probes": {}}
+                      "correct": float(full.correct)}
+            if ex.meta.get("cue_answer") is not None:  # the answer the data's planted cue points to
+                record["cue_answer"] = str(ex.meta["cue_answer"])
+            record["probes"] = {}
             for name, probe in probes.items():
                 record["probes"][name] = probe.run(ctx)
             logger.debug("%s audited in %.2f s", ex.id, time.perf_counter() - t0)

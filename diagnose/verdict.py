@@ -14,7 +14,10 @@ barely uses one side at all, or when there is no behavioural evidence.
 from __future__ import annotations
 
 FOLLOW_FLOOR = 0.10  # a follows rate counts when its 95% interval lies above this
-SEVERITY = ((0.80, "severe"), (0.30, "moderate"), (FOLLOW_FLOOR, "slight"))
+SEVERITY = ((0.80, "severe"), (0.30, "moderate"), (FOLLOW_FLOOR, "slight"))  # bands, highest first
+# a follows rate's severity: the band its whole 95% interval lies in, else the span of bands it covers, written
+# "low-high" (summary.json's verdict.severity takes one of these)
+SEVERITIES = ("slight", "moderate", "severe", "slight-moderate", "moderate-severe", "slight-severe")
 SHARE_EXTREME = 0.80  # a share interval beyond this (or below 1 - this) decides on its own: one side barely used
 MIN_CONFLICTS = 10
 
@@ -23,14 +26,24 @@ RULE = (f"a side whose share of the attribution has a 95% interval above {SHARE_
         f"question alone gives a wrong answer, the model repeats that answer (95% interval above "
         f"{FOLLOW_FLOOR:.2f}); vision-reliant when, where the image alone gives a wrong answer, it repeats that one "
         f"(interval above {FOLLOW_FLOOR:.2f}) and the language share's interval lies below 0.5; if both, the higher "
-        f"rate; else balanced. Severity from the winning rate: slight below {SEVERITY[1][0]:.2f}, moderate below "
-        f"{SEVERITY[0][0]:.2f}, severe from {SEVERITY[0][0]:.2f}. With fewer than {MIN_CONFLICTS} conflicts of "
+        f"rate; else balanced. Severity from the winning rate's 95% interval: slight below {SEVERITY[1][0]:.2f}, "
+        f"moderate below {SEVERITY[0][0]:.2f}, severe from {SEVERITY[0][0]:.2f}, a band named only when the whole "
+        f"interval lies inside it, else the span (an interval of [0.14, 0.35] is slight-moderate). With fewer "
+        f"than {MIN_CONFLICTS} conflicts of "
         "either kind the share alone decides: a side dominates when its interval lies beyond 0.5 +/- the margin")
 
 
-def severity(rate: float) -> str:
-    """slight / moderate / severe for a follows rate that cleared the floor."""
+def band(rate: float) -> str:
+    """slight / moderate / severe: the band a follows rate lies in (below the floor counts as slight)."""
     return next((name for cut, name in SEVERITY if rate >= cut), "slight")
+
+
+def severity(ci95: list[float]) -> str:
+    """The severity of a follows rate that cleared the floor, read from its 95% interval: the band when the whole
+    interval lies inside one (``moderate``), else the span of bands it covers (``slight-moderate``), so that one
+    sample more or less does not flip the label when the rate sits at a cut point."""
+    low, high = band(ci95[0]), band(ci95[1])
+    return low if low == high else f"{low}-{high}"
 
 
 def _evidence(probes_summary: dict, kind: str) -> str | None:
@@ -49,8 +62,8 @@ def _share(probes_summary: dict) -> tuple[dict | None, str | None]:
     return (probes_summary[name][PROBES.get(name).share_key], name) if name else (None, None)
 
 
-def _behaviour(conflict: dict, share: dict | None) -> tuple[str | None, float | None]:
-    """The side the conflict rates point to and its rate, or (None, None) without enough conflicts.
+def _behaviour(conflict: dict, share: dict | None) -> tuple[str | None, dict | None]:
+    """The side the conflict rates point to and its rate (the stat), or (None, None) without enough conflicts.
 
     Following the wording is the behavioural definition of a language prior, so ``follows_text`` counts on its own.
     ``follows_image`` is weaker evidence: when an example has choices, masking the question does not hide what
@@ -73,9 +86,9 @@ def _behaviour(conflict: dict, share: dict | None) -> tuple[str | None, float | 
         language = text["mean"] >= image["mean"]
         vision = not language
     if language:
-        return "language", text["mean"]
+        return "language", text
     if vision:
-        return "vision", image["mean"]
+        return "vision", image
     return "balanced", None
 
 
@@ -104,7 +117,7 @@ def verdict(probes_summary: dict, margin: float) -> dict:
             out["note"] = f"the conflicts point the other way ({side})"
         return out
     if side is not None:
-        out.update(dominant_modality=side, severity="none" if side == "balanced" else severity(rate),
+        out.update(dominant_modality=side, severity="none" if side == "balanced" else severity(rate["ci95"]),
                    rests_on=conflict_probe, evidence=[conflict_probe])
         return out
     if share is None or share["mean"] is None:

@@ -265,6 +265,7 @@ def _load_hf_rows(ds, where: str, base: Path | None, on_error: str, columns: dic
             id=rid, image=base / image if isinstance(image, str) and base else image, question=row["question"],
             answer=row["answer"], choices=row.get("choices"), category=_text(row.get("category")),
             image_key=_text(row.get("image_key")),
+            meta={"cue_answer": row["cue_answer"]} if row.get("cue_answer") is not None else {},
         ))
     if gate.problems:
         logger.warning("skipped %d bad rows in %s (first: %s)", len(gate.problems), where, gate.problems[0])

@@ -163,6 +163,17 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class Rebased:
+    """A probe's per-sample records with its conditional measures re-derived against a reference audit's records
+    of the same samples (``Probe.rebase``), so that two audits rebased on the same reference have them on the same
+    samples."""
+
+    records: list[dict]  # the probe's per-sample records, aligned with the sample records given
+    populations: dict[str, str]  # measure key -> the samples it is defined on, in words ("the 60 samples whose ...")
+    basis: str  # what picks those samples, in words ("the data's declared cue answers")
+
+
+@dataclass(frozen=True)
 class Series:
     """One line, bar set or histogram of a plot: x positions (or bar names), values, and an optional interval."""
 
@@ -218,6 +229,15 @@ class Probe:
     def report_rows(cls, summary: dict) -> list[tuple[str, str]]:
         """(label, value) rows of the report section, from this probe's part of summary.json."""
         return [(m.label, fmt(summary.get(m.key))) for m in cls.measures]
+
+    @classmethod
+    def rebase(cls, records: list[dict], references: list[dict], reference: str) -> Rebased | None:
+        """For a comparison of two audits: this probe's per-sample values of ``records`` (one audit's sample
+        records) with every measure that is defined only on samples the audited model's own answers pick (a
+        conditional rate) re-derived on the samples that ``references`` (the same samples' records in the audit
+        named ``reference``, e.g. "before"; aligned with ``records``) pick. None (the default): the probe has no
+        such measure, and its values are compared as recorded."""
+        return None
 
     def describe(self, scorer) -> dict:
         """Method details recorded with the results: masks, value function, estimator, budget."""

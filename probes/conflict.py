@@ -17,6 +17,13 @@ With two choices every wrong answer *is* the question-alone answer, so on yes/no
 rate on conflicts: a yes-bias (POPE's classic language prior) reads as following the wording, as it should.
 Accuracy when the question alone agrees with the gold answer and when it conflicts are recorded beside it: a
 model that does not lean on the wording is as accurate on both.
+
+Every one of these is a rate on samples that the audited model's own no-image (or question-masked) answers pick,
+so two audits of different models count different conflicts: a fine-tune that makes some no-image answers right
+takes those samples out of its own denominator. A comparison therefore re-derives them on one population
+(``ConflictProbe.rebase``): the data's planted cue where every sample declares its answer (``cue_answer``: a
+wording conflict is a sample whose cue answer is wrong, and following the wording is giving the cue's answer),
+else the reference (before) audit's no-image and image-alone answers.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 from mbias.display import fmt, pct
 from mbias.errors import ConfigError
 from mbias.example import normalize_answer
-from mbias.probes.base import DOWN, KEEP, MASK, PROBES, REMOVED, Measure, Probe, SampleContext
+from mbias.probes.base import DOWN, KEEP, MASK, PROBES, REMOVED, UP, Measure, Probe, Rebased, SampleContext
 from mbias.stats import bootstrap_mean
 
 
@@ -65,6 +72,9 @@ class ConflictProbe(Probe):
     measures = (Measure("follows_text", "follows the wording over the image (wording conflicts)", DOWN, rate=True,
                         per_category=True, card="follows_wording"),
                 Measure("follows_image", "gives the image-alone answer over the question (image conflicts)", DOWN,
+                        rate=True),
+                Measure("correct_text_conflict", "accuracy on wording conflicts", UP, rate=True),
+                Measure("correct_text_agrees", "accuracy where the wording points to the right answer", UP,
                         rate=True))
     summary_schema = {"type": "object",
                       "required": ["follows_text", "follows_image", "n_text_conflicts", "n_image_conflicts"],
@@ -84,12 +94,37 @@ class ConflictProbe(Probe):
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
         out = super().summarize(records, groups)
-        out.update({key: bootstrap_mean([r[key] for r in records], groups)
-                    for key in ("correct_text_conflict", "correct_text_agrees")})
         out["text_alone_accuracy"] = bootstrap_mean([1 - r["text_conflict"] for r in records], groups)
         out["n_text_conflicts"] = int(sum(r["text_conflict"] for r in records))
         out["n_image_conflicts"] = int(sum(r["image_conflict"] for r in records))
         return out
+
+    @classmethod
+    def rebase(cls, records: list[dict], references: list[dict], reference: str) -> Rebased:
+        """Every conflict measure of ``records`` on the conflicts the references define: the wording conflicts by
+        the declared cue when every reference carries ``cue_answer``, else by the reference audit's no-image
+        answers; the image conflicts by its image-alone answers. Follows = the sample's full prediction is the
+        answer that defines the conflict."""
+        cue = all(ref.get("cue_answer") is not None for ref in references)
+        out = []
+        for rec, ref in zip(records, references, strict=True):
+            theirs, mine = ref["probes"]["conflict"], rec["probes"]["conflict"]
+            wording = ref["cue_answer"] if cue else theirs["pred_text_alone"]
+            out.append({**conflict_record(rec["prediction"], wording, theirs["pred_image_alone"], rec["answer"]),
+                        "pred_text_alone": mine["pred_text_alone"], "pred_image_alone": mine["pred_image_alone"]})
+        n_text = int(sum(r["text_conflict"] for r in out))
+        n_image = int(sum(r["image_conflict"] for r in out))
+        if cue:
+            wrong = f"the {n_text} samples whose declared cue answer is wrong"
+            right = f"the {len(out) - n_text} samples whose declared cue answer is right"
+        else:
+            wrong = f"the {n_text} samples where the {reference} model's no-image answer is wrong"
+            right = f"the {len(out) - n_text} samples where the {reference} model's no-image answer is right"
+        image = f"the {n_image} samples where the {reference} model's image-alone answer is wrong"
+        basis = (f"the data's declared cue answers (wording) and the {reference} model's image-alone answers" if cue
+                 else f"the {reference} model's no-image and image-alone answers")
+        return Rebased(out, {"follows_text": wrong, "correct_text_conflict": wrong, "correct_text_agrees": right,
+                             "follows_image": image}, basis)
 
     @classmethod
     def report_rows(cls, summary: dict) -> list[tuple[str, str]]:

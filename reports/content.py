@@ -43,11 +43,16 @@ class Section:
     note: str = ""
 
 
-SEVERITY_WORDS = {"slight": "slightly {side}-reliant", "moderate": "{side}-reliant", "severe": "{side}-dominant"}
+SEVERITY_WORDS = {"slight": "slightly {side}-reliant", "moderate": "{side}-reliant", "severe": "{side}-dominant",
+                  # a span: the rate's interval covers two or three bands (diagnose/verdict.py, severity)
+                  "slight-moderate": "slightly to moderately {side}-reliant",
+                  "moderate-severe": "{side}-reliant to {side}-dominant",
+                  "slight-severe": "slightly {side}-reliant to {side}-dominant"}
 
 
 def verdict_label(v: dict) -> str:
-    """``language-reliant`` (moderate), ``language-dominant`` (severe), ``slightly vision-reliant``, ``balanced``
+    """``language-reliant`` (moderate), ``language-dominant`` (severe), ``slightly vision-reliant``, a span
+    (``slightly to moderately language-reliant`` when the rate's interval crosses 0.30), ``balanced``
     (``balanced, leaning language`` when only the share spoke and leans), or ``none``."""
     side = v.get("dominant_modality")
     if side is None:
@@ -55,6 +60,21 @@ def verdict_label(v: dict) -> str:
     if side == "balanced":
         return f"balanced, leaning {v['leaning']}" if v.get("leaning") else "balanced"
     return SEVERITY_WORDS.get(v.get("severity"), "{side}-reliant").format(side=side)
+
+
+def span_phrase(v: dict) -> str:
+    """Why a severity is a span: the deciding rate's interval crosses a cut point between bands ('' otherwise)."""
+    from mbias.diagnose.verdict import SEVERITY
+
+    low, sep, high = (v.get("severity") or "").partition("-")
+    if not sep or v.get("rests_on") is None or not has_conflict_evidence(v):
+        return ""
+    rate = v["follows_text"] if v["dominant_modality"] == "language" else v["follows_image"]
+    lo, hi = rate["ci95"]
+    cuts = [cut for cut, _ in SEVERITY[:2] if lo < cut <= hi]
+    where = " and ".join(f"{100 * c:.0f}%" for c in sorted(cuts))
+    return (f"Severity {low} to {high}: the rate's 95% interval [{100 * lo:.0f}, {100 * hi:.0f}] crosses the "
+            f"cut{'s' if len(cuts) > 1 else ''} between bands at {where}, so no single band is named.")
 
 
 def share_phrase(v: dict) -> str:
@@ -90,6 +110,9 @@ def verdict_sentence(summary: dict) -> str:
     if v.get("follows_image") and v["follows_image"].get("mean") is not None:
         words.append(f"Where the image alone (question masked) suggests a wrong answer, it gives that answer on "
                      f"{pct(v['follows_image'])} of {v['n_image_conflicts']}.")
+    span = span_phrase(v)
+    if span:
+        words.append(span)
     if share:
         words.append(f"Attribution: {share} (95% interval).")
     if v.get("note"):

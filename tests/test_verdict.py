@@ -30,16 +30,51 @@ def _v(**kw):
 @pytest.mark.parametrize("lo, side", [(FOLLOW_FLOOR + 0.01, "language"), (FOLLOW_FLOOR, "balanced"),
                                       (FOLLOW_FLOOR - 0.01, "balanced")])
 def test_following_the_wording_counts_once_its_interval_clears_the_floor(lo, side):
-    v = _v(follows_text=stat(0.2, lo, 0.3), follows_image=stat(0.02), share=stat(0.5))
+    v = _v(follows_text=stat(0.2, lo, 0.29), follows_image=stat(0.02), share=stat(0.5))
     assert v["dominant_modality"] == side and v["rests_on"] == "conflict"
     assert v["severity"] == ("slight" if side == "language" else "none")
 
 
-@pytest.mark.parametrize("rate, severity", [(0.29, "slight"), (0.30, "moderate"), (0.79, "moderate"),
-                                            (0.80, "severe"), (0.97, "severe")])
-def test_severity_bands(rate, severity):
-    v = _v(follows_text=stat(rate, 0.2, min(1.0, rate + 0.05)), follows_image=stat(0.05), share=stat(0.6))
+@pytest.mark.parametrize("mean, lo, hi, severity", [
+    (0.2, 0.12, 0.29, "slight"), (0.2, 0.14, 0.30, "slight-moderate"), (0.31, 0.25, 0.35, "slight-moderate"),
+    (0.29, 0.25, 0.35, "slight-moderate"), (0.5, 0.30, 0.79, "moderate"), (0.75, 0.70, 0.80, "moderate-severe"),
+    (0.81, 0.75, 0.85, "moderate-severe"), (0.9, 0.80, 0.97, "severe"), (0.5, 0.2, 0.9, "slight-severe")])
+def test_severity_is_the_band_the_whole_interval_lies_in_else_the_span(mean, lo, hi, severity):
+    # the point estimate does not decide: 0.31 [0.25, 0.35] and 0.29 [0.25, 0.35] are the same verdict
+    v = _v(follows_text=stat(mean, lo, hi), follows_image=stat(0.05), share=stat(0.6))
     assert (v["dominant_modality"], v["severity"]) == ("language", severity)
+
+
+def test_a_vision_verdict_reads_its_severity_from_the_image_rate_interval():
+    v = _v(follows_text=stat(0.2, 0.12, 0.28), follows_image=stat(0.8, 0.72, 0.88), share=stat(0.4, 0.35, 0.45))
+    assert (v["dominant_modality"], v["severity"]) == ("vision", "moderate-severe")
+    assert verdict_label(v) == "vision-reliant to vision-dominant"
+    assert "crosses the cut between bands at 80%" in verdict_sentence({"verdict": v})
+
+
+@pytest.mark.parametrize("lo, hi, label, crosses", [
+    (0.14, 0.35, "slightly to moderately language-reliant", "crosses the cut between bands at 30%"),
+    (0.70, 0.85, "language-reliant to language-dominant", "crosses the cut between bands at 80%"),
+    (0.20, 0.90, "slightly language-reliant to language-dominant", "crosses the cuts between bands at 30% and 80%"),
+    (0.35, 0.70, "language-reliant", None)])
+def test_a_span_reads_as_words_and_the_sentence_says_why(lo, hi, label, crosses):
+    v = _v(follows_text=stat((lo + hi) / 2, lo, hi), follows_image=stat(0.05), share=stat(0.6))
+    assert verdict_label(v) == label
+    sentence = verdict_sentence({"verdict": v})
+    assert (crosses in sentence) if crosses else "crosses" not in sentence
+
+
+def test_every_severity_is_in_the_schema_and_has_words():
+    import json
+    from pathlib import Path
+
+    from mbias.diagnose.verdict import SEVERITIES
+    from mbias.reports.content import SEVERITY_WORDS
+
+    schema = json.loads((Path(__file__).parents[1] / "reports" / "summary.schema.json").read_text())
+    enum = schema["properties"]["verdict"]["properties"]["severity"]["enum"]
+    assert set(SEVERITIES) | {"none", None} == set(enum)
+    assert set(SEVERITY_WORDS) == set(SEVERITIES)
 
 
 def test_the_side_that_wins_more_conflicts_is_the_verdict():
