@@ -1,12 +1,12 @@
-"""``mbias audit``: flags and an optional YAML file -> AuditConfig -> run_audit -> one line with the verdict."""
+"""``mbias audit``: flags and an optional YAML file -> AuditConfig -> ``mbias.audit`` -> one line with the verdict."""
 
 from __future__ import annotations
 
 import logging
 
+from mbias.api import audit
 from mbias.config import build_config, load_yaml, values_from_args
 from mbias.diagnose.config import AuditConfig
-from mbias.diagnose.runner import run_audit
 from mbias.models.config import LoadOptions, ScoringConfig
 
 logger = logging.getLogger(__name__)
@@ -34,11 +34,11 @@ def audit_config_from_args(args) -> AuditConfig:
 def run_audit_command(args) -> int:
     config = audit_config_from_args(args)
     load = LoadOptions.from_args(args)
-    summary = run_audit(args.model, args.data, args.out, config=config, load=load, overwrite=args.overwrite,
-                        on_error=args.on_error, progress=not args.no_progress, report=not args.no_report)
-    if summary is None:  # a non-main process under accelerate
+    result = audit(args.model, data=args.data, config=config, out=args.out, load=load, overwrite=args.overwrite,
+                   on_error=args.on_error, progress=not args.no_progress, report=not args.no_report)
+    if result is None:  # a non-main process under accelerate
         return 0
-    print(verdict_line(summary, f"{args.out}/summary.json" if args.no_report else f"{args.out}/report.html"))
+    print(verdict_line(result.summary, f"{args.out}/summary.json" if args.no_report else f"{args.out}/report.html"))
     return 0
 
 

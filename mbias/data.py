@@ -243,6 +243,34 @@ def _load_hf_hub(ref: str, on_error: str, columns: dict[str, str], max_samples: 
     return _load_hf_rows(ds, ref, None, on_error, columns, max_samples)
 
 
+def load_rows(rows, *, on_error: str = "stop", max_samples: int | None = None,
+              columns: dict[str, str] | None = None) -> LoadedData:
+    """Examples from data already in memory: a ``datasets.Dataset`` or a list of dicts with mbias's fields (images
+    as paths or PIL images), checked as the other sources are."""
+    if isinstance(rows, (list, tuple)):
+        if not all(isinstance(r, dict) for r in rows):
+            raise DataError("data given as a list must hold dicts {id, image, question, answer, choices?, "
+                            "category?}")
+        where, table = f"the list of {len(rows)} records", _Rows(rows)
+    elif hasattr(rows, "column_names"):  # a datasets.Dataset (not imported here: an optional dependency)
+        where, table = "the dataset", rows
+    else:
+        raise DataError(f"data must be a reference (str), a datasets.Dataset or a list of dicts; got "
+                        f"{type(rows).__name__}")
+    loaded = _load_hf_rows(table, where, None, on_error, columns or {}, max_samples)
+    if not loaded.examples:
+        raise DataError(f"{where}: no usable records" + (f" ({loaded.skipped} skipped)" if loaded.skipped else ""))
+    return loaded
+
+
+class _Rows(list):
+    """A list of dicts read like a ``datasets.Dataset`` (``column_names``: every key any record has)."""
+
+    @property
+    def column_names(self) -> list[str]:
+        return list(dict.fromkeys(k for r in self for k in r))
+
+
 def _load_hf_rows(ds, where: str, base: Path | None, on_error: str, columns: dict[str, str],
                   max_samples: int | None) -> LoadedData:
     """Examples from a ``datasets.Dataset``; ``base`` resolves image paths stored as strings."""

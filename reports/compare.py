@@ -266,8 +266,11 @@ def population_note(rebased: dict, paired: bool) -> str:
 def comparison(a: Path, b: Path) -> dict:
     """Both summaries and records, the measure rows on one population, whether they are paired, the verdicts
     (each audit's own and on the compared samples), whether the verdict changed, and the headline sentence."""
-    sa, sb = _load_summary(a), _load_summary(b)
-    recs_a, recs_b = _records(a), _records(b)
+    return comparison_of(_load_summary(a), _records(a), _load_summary(b), _records(b))
+
+
+def comparison_of(sa: dict, recs_a: list[dict], sb: dict, recs_b: list[dict]) -> dict:
+    """``comparison`` of two audits held in memory (summaries and records; ``mbias.AuditResult.compare``)."""
     paired = is_paired(recs_a, recs_b)
     on_a, on_b, rebased = on_one_population(recs_a, recs_b, paired)
     va, vb = verdict_on(sa, on_a, rebased), verdict_on(sb, on_b, rebased)

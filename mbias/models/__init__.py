@@ -17,6 +17,7 @@ _EXPORTS = {
     "supported_families": "mbias.models.families",
     "LoadOptions": "mbias.models.config",
     "load_model": "mbias.models.loading",
+    "wrap_model": "mbias.models.loading",
     "resolve_model_ref": "mbias.models.loading",
 }
 

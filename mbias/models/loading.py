@@ -84,16 +84,7 @@ def load_model(model_ref: str, options: LoadOptions | None = None, *, config: Sc
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load a model config for {model_ref!r} ({_first_line(exc)}); check the id "
                              "or path, and note that nothing can be downloaded when offline") from None
-    model_type = getattr(hf_config, "model_type", "?")
-    cls = scorer_class_for(model_type)
-    if cls is None:
-        if getattr(hf_config, "vision_config", None) is None:
-            raise ModelLoadError(
-                f"{model_ref!r} is a {model_type} model, which takes no images; mbias audits image-text models: "
-                f"{supported_families()}, or any model with get_image_features and an image token")
-        cls = Scorer
-        logger.warning("%s is a %s model: no dedicated scorer, using the generic path (image tokens assumed "
-                       "to form a square row-major grid)", model_ref, model_type)
+    cls = _scorer_class(hf_config, model_ref)
 
     dev = pick_device(opts.device)
     torch_dtype = pick_dtype(opts.dtype, dev)
@@ -137,6 +128,44 @@ def load_model(model_ref: str, options: LoadOptions | None = None, *, config: Sc
     out = cls(model, processor, model_id=model_ref, config=config)
     out.model_path = path
     out.adapter_path = opts.adapter
+    return out
+
+
+def _scorer_class(hf_config, where: str) -> type[Scorer]:
+    """The family's scorer for a model config; the generic one (with a warning) for other image-text models."""
+    model_type = getattr(hf_config, "model_type", "?")
+    cls = scorer_class_for(model_type)
+    if cls is None:
+        if getattr(hf_config, "vision_config", None) is None:
+            raise ModelLoadError(
+                f"{where!r} is a {model_type} model, which takes no images; mbias audits image-text models: "
+                f"{supported_families()}, or any model with get_image_features and an image token")
+        cls = Scorer
+        logger.warning("%s is a %s model: no dedicated scorer, using the generic path (image tokens assumed "
+                       "to form a square row-major grid)", where, model_type)
+    return cls
+
+
+def wrap_model(model, processor, *, config: ScoringConfig | None = None, model_id: str | None = None) -> Scorer:
+    """A scorer around a model already in memory: the object itself, never a copy, however it was loaded (a
+    device map, 4/8-bit weights, a ``PeftModel`` whose adapters score as they are, a custom chat template on
+    ``processor``). The model's train/eval mode is the caller's business (``mbias.audit`` and the monitor
+    callback switch to eval and back)."""
+    from peft import PeftModel
+
+    if processor is None:
+        raise ConfigError("an in-memory model needs its processor (the AutoProcessor it was loaded with): "
+                          "mbias.audit(model, processor, data)")
+    # LoRA layers live inside the base model's modules, so the unwrapped model scores with the adapter applied
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    name = model_id or getattr(base, "name_or_path", "") or type(base).__name__
+    cls = _scorer_class(base.config, name)
+    if not hasattr(base, "get_image_features"):
+        raise ModelLoadError(f"{name!r} ({type(base).__name__}) has no get_image_features; supported: "
+                             f"{supported_families()}")
+    out = cls(base, processor, model_id=name, config=config)
+    out.model_path = None
+    out.adapter_path = None
     return out
 
 
