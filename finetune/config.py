@@ -61,6 +61,11 @@ class FinetuneConfig(TrainingArguments):
     eval_data: str | None = field(default=None, metadata={
         "help": "held-out data (MILES reads utilisation rates on it); default: the val split of synth data"})
     eval_samples: int = field(default=200, metadata={"help": "held-out examples per utilisation measurement"})
+    monitor_data: str | None = field(default=None, metadata={
+        "help": "held-out data to audit the model being trained on every monitor_every steps (conflict rates and "
+                "the modality Shapley share, logged as mbias/* through the Trainer; mbias.BiasMonitorCallback)"})
+    monitor_every: int = field(default=50, metadata={"help": "steps between two monitor audits"})
+    monitor_samples: int = field(default=64, metadata={"help": "examples of monitor_data per monitor audit"})
 
     # Trainer settings whose defaults differ from transformers' (a short LoRA run on a small dataset)
     num_train_epochs: float = field(default=1.0, metadata={"help": "passes over the training data (unless "
@@ -111,7 +116,7 @@ class FinetuneConfig(TrainingArguments):
             raise ConfigError("FinetuneConfig.max_steps must be >= 1, or -1 (the epochs decide); got 0")
         check_number(self, "save_steps", gt=0)
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
-                     "eval_samples"):
+                     "eval_samples", "monitor_every", "monitor_samples"):
             check_number(self, name, integer=True, ge=1)
         check_number(self, "learning_rate", gt=0)
         check_number(self, "warmup_steps", ge=0)

@@ -69,17 +69,29 @@ def _trim_log(path: Path, last_step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConfig | None = None, load=None,
-                 on_error: str = "stop", progress: bool = True, resume: bool = False) -> Path:
-    """Fine-tune ``model`` on ``data`` with ``config.recipe``; returns the output folder (a PEFT adapter, or the whole model with ``tune: full``)."""
+def run_finetune(model, data, out: str | Path, *, config: FinetuneConfig | None = None, load=None,
+                 on_error: str = "stop", progress: bool = True, resume: bool = False, processor=None) -> Path:
+    """Fine-tune ``model`` on ``data`` with ``config.recipe``; returns the output folder (a PEFT adapter, or the whole model with ``tune: full``).
+
+    ``model`` is a reference, or a model object with its ``processor`` (trained in place: LoRA goes into its
+    modules); ``data`` a reference, a ``datasets.Dataset`` or a list of dicts. ``mbias.finetune`` is the same from
+    Python."""
+    return train(model, data, out, config=config, load=load, on_error=on_error, progress=progress, resume=resume,
+                 processor=processor)[1]
+
+
+def train(model, data, out: str | Path, *, config: FinetuneConfig | None = None, load=None, on_error: str = "stop",
+          progress: bool = True, resume: bool = False, processor=None, save: bool = True):
+    """``run_finetune``'s work; returns (the trainer, the output folder). ``save``: write the adapter (or model),
+    recipe.json and, with a monitor, monitor.jsonl and the reliance curve in README.md."""
     config = config or FinetuneConfig()
     trainer, resume_from = build_trainer(model, data, out, config=config, load=load, on_error=on_error,
-                                         progress=progress, resume=resume)
+                                         progress=progress, resume=resume, processor=processor)
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0
     out = Path(out)
-    if trainer.is_world_process_zero():
+    if save and trainer.is_world_process_zero():
         trainer.model.save_pretrained(out)
         if is_routed(trainer.model):
             mark_routed(out)
@@ -88,22 +100,48 @@ def run_finetune(model: str, data: str, out: str | Path, *, config: FinetuneConf
         steps = trainer.args.max_steps
         record = {"recipe": config.recipe, "recipe_config": vars(trainer.recipe.config),
                   "finetune": config.mbias_dict(),
-                  "model": model, "data": data, "eval_data": trainer.mbias_eval_ref, "steps": steps,
+                  "model": model if isinstance(model, str) else trainer.mbias_scorer.model_id,
+                  "data": data if isinstance(data, str) else f"(in memory: {len(trainer.train_dataset)} records)",
+                  "eval_data": trainer.mbias_eval_ref, "steps": steps,
                   "train_seconds": round(seconds, 2), "seconds_per_step": round(seconds / max(1, steps), 4),
                   "provenance": provenance(device=str(trainer.mbias_scorer.device))}
         (out / "recipe.json").write_text(json.dumps(record, indent=2, default=str))
-    return out
+        if trainer.mbias_monitor is not None:
+            write_monitor(trainer.mbias_monitor.history, out, config)
+    return trainer, out
 
 
-def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneConfig, load=None,
-                  on_error: str = "stop", progress: bool = True, resume: bool = False):
-    """Everything up to ``trainer.train()``: returns (trainer, the checkpoint to resume from or None)."""
-    from mbias.data import load_data
+def write_monitor(history: list[dict], out: Path, config: FinetuneConfig) -> None:
+    """monitor.jsonl (one line per measurement) and the reliance curve, as a table, in the folder's README.md."""
+    (out / "monitor.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    columns = [("mbias/follows_text", "follows the wording"), ("mbias/language_share", "language share"),
+               ("mbias/accuracy", "accuracy")]
+    lines = ["", "## Reliance during training (mbias)", "",
+             f"Audited every {config.monitor_every} steps on the first {config.monitor_samples} examples of "
+             f"`{config.monitor_data}` with the model being trained (`mbias.BiasMonitorCallback`; "
+             "`monitor.jsonl` has every number).", "",
+             "| step | " + " | ".join(label for _, label in columns) + " |",
+             "|---:|" + "---:|" * len(columns)]
+    for h in history:
+        cells = [f"{h[key]:.3f}" if key in h else "n/a" for key, _ in columns]
+        lines.append(f"| {h['step']} | " + " | ".join(cells) + " |")
+    readme = out / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    readme.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
+def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=None,
+                  on_error: str = "stop", progress: bool = True, resume: bool = False, processor=None):
+    """Everything up to ``trainer.train()``: returns (trainer, the checkpoint to resume from or None). ``model``: a
+    reference, or a model object with its ``processor`` (a ``PeftModel`` trains its adapters as they are)."""
+    from peft import PeftModel
+
+    from mbias.data import load_data, load_rows
     from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
     from mbias.finetune.recipes import RECIPES
     from mbias.finetune.trainer import BalancedTrainer
     from mbias.models import LoadOptions, ScoringConfig, load_model
-    from mbias.models.loading import attach_peft
+    from mbias.models.loading import attach_peft, wrap_model
 
     load = load or LoadOptions()
     out = check_out_dir(out)
@@ -112,17 +150,21 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
                           "data-parallel: launch one process, or drop --device-map and let each process hold a copy")
     recipe_cls = RECIPES.get(config.recipe)
     recipe = recipe_cls(build_config(recipe_cls.config_class, config.recipe_config, where="recipe_config"))
-    examples = load_data(data, on_error=on_error, max_samples=config.max_train_samples,
-                         columns=config.columns).examples
+    read = load_data if isinstance(data, str) else load_rows
+    examples = read(data, on_error=on_error, max_samples=config.max_train_samples, columns=config.columns).examples
     recipe.bind_data(examples)
     if recipe.needs_label_space:
         check_label_space(examples, config.recipe)
     eval_examples = None
-    eval_ref = config.eval_data or (data.rsplit("/", 1)[0] + "/val" if data.startswith("synth:") else None)
+    eval_ref = config.eval_data or (data.rsplit("/", 1)[0] + "/val"
+                                    if isinstance(data, str) and data.startswith("synth:") else None)
     if eval_ref:
         eval_examples = load_data(eval_ref, on_error=on_error, max_samples=config.eval_samples,
                                   columns=config.columns).examples
-    scorer = load_model(model, load, config=ScoringConfig(batch_size=64), adapter=None)
+    if isinstance(model, str):
+        scorer = load_model(model, load, config=ScoringConfig(batch_size=64), adapter=None)
+    else:
+        scorer = wrap_model(model, processor, config=ScoringConfig(batch_size=64))
     placed = set(getattr(scorer.model, "hf_device_map", {}).values())
     if "disk" in placed or ("cpu" in placed and len(placed) > 1):
         raise ConfigError("fine-tuning cannot train layers offloaded to CPU or disk (the device map put some "
@@ -136,6 +178,8 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
                               "disabled), which needs tune: lora")
         peft_model = scorer.model
         peft_model.requires_grad_(True)
+    elif isinstance(model, PeftModel):  # an adapter attached in memory trains as it is
+        peft_model = model
     elif load.adapter:  # continue training a saved adapter
         peft_model = attach_peft(scorer.model, load.adapter, is_trainable=True)
     else:
@@ -179,6 +223,14 @@ def build_trainer(model: str, data: str, out: str | Path, *, config: FinetuneCon
         resume_checkpoint=str(resume_from) if resume_from else None,
     )
     trainer.mbias_eval_ref = eval_ref
+    trainer.mbias_monitor = None
+    if config.monitor_data:
+        from mbias.finetune.monitor import BiasMonitorCallback
+
+        trainer.mbias_monitor = BiasMonitorCallback(trainer, config.monitor_data, scorer.processor,
+                                                    every=config.monitor_every, max_samples=config.monitor_samples,
+                                                    config={"columns": config.columns})
+        trainer.add_callback(trainer.mbias_monitor)
     if not progress:  # without a progress bar the Trainer prints every log dict; training_log.jsonl has them
         from transformers.trainer_callback import PrinterCallback
 

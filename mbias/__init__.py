@@ -4,7 +4,10 @@ Importing ``mbias`` is cheap (no torch); heavy modules load on first use. From P
 
 - ``mbias.audit(model, processor, data)`` -> ``AuditResult`` (``.summary``, ``.verdict``, ``.records``,
   ``.save(dir)``, ``.compare(other)``), for a model you hold or a reference;
-- ``BalancedTrainer``, ``FinetuneConfig`` and the recipe registry ``RECIPES``, the pieces of fine-tuning.
+- ``mbias.finetune(model, processor, data, recipe="poe", **training_args)``, built on ``BalancedTrainer``,
+  ``FinetuneConfig`` and the recipe registry ``RECIPES``;
+- ``mbias.BiasMonitorCallback``: audits the model being trained every N steps and logs ``mbias/*`` through any
+  ``transformers.Trainer``.
 """
 
 from __future__ import annotations
@@ -21,30 +24,36 @@ _EXPORTS = {
     "AuditConfig": "mbias.diagnose.config",
     "LoadOptions": "mbias.models.config",
     "ScoringConfig": "mbias.models.config",
+    "FinetuneResult": "mbias.finetune.api",
     "FinetuneConfig": "mbias.finetune.config",
     "BalancedTrainer": "mbias.finetune.trainer",
     "RECIPES": "mbias.finetune.recipes",
+    "BiasMonitorCallback": "mbias.finetune.monitor",
 }
 
 __all__ = [
-    "RECIPES", "AuditConfig", "AuditResult", "BalancedTrainer", "Comparison", "FinetuneConfig", "LoadOptions", "ScoringConfig",
-    "__version__", "audit",
+    "RECIPES", "AuditConfig", "AuditResult", "BalancedTrainer", "BiasMonitorCallback", "Comparison", "FinetuneConfig",
+    "FinetuneResult", "LoadOptions", "ScoringConfig", "__version__", "audit", "finetune",
 ]
 
 if TYPE_CHECKING:
     from mbias.api import AuditResult, Comparison, audit
     from mbias.diagnose.config import AuditConfig
+    from mbias.finetune.api import FinetuneResult, finetune
     from mbias.finetune.config import FinetuneConfig
+    from mbias.finetune.monitor import BiasMonitorCallback
     from mbias.finetune.recipes import RECIPES
     from mbias.finetune.trainer import BalancedTrainer
     from mbias.models.config import LoadOptions, ScoringConfig
 
 
 def __getattr__(name: str):
+    if name == "finetune":  # the package, callable as mbias.finetune.api.finetune (see finetune/__init__.py)
+        return importlib.import_module("mbias.finetune")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'mbias' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *_EXPORTS, "finetune"})

@@ -169,3 +169,23 @@ def test_public_names_are_exported_lazily():
             "names = [n for n in mbias.__all__ if n != '__version__']; "
             "assert all(getattr(mbias, n) is not None for n in names)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_finetune_a_model_object_in_place_with_a_monitor(tiny_llava, jsonl_data, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_llava)
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = mbias.finetune(model, processor, "synth:shapes-p90/train", recipe="poe", max_steps=2,
+                            per_device_train_batch_size=4, max_train_samples=16, eval_samples=8,
+                            monitor_data=jsonl_data[1], monitor_every=2, monitor_samples=3, progress=False)
+    assert isinstance(result.model, PeftModel) and result.model.get_base_model() is model and result.out is None
+    frozen = {n.replace(".base_layer", ""): p for n, p in model.named_parameters() if "lora_" not in n}
+    assert frozen.keys() == before.keys() and all(torch.equal(before[n], p) for n, p in frozen.items())
+    assert [h["step"] for h in result.monitor] == [0, 2]
+    assert any("mbias/accuracy" in e for e in result.trainer.state.log_history)
+    after = mbias.audit(result.model, processor, jsonl_data[1][:3], probes="modality_shapley", progress=False)
+    assert after.summary["adapter"]["peft_type"] == "LORA"
