@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,7 +75,7 @@ class BiasMonitorCallback(TrainerCallback):
                                    where="BiasMonitorCallback config")
         self.probes = build_probes(self.config)
         self.examples = _load(data, self.config)
-        self.history: list[dict] = []  # {"step", "mbias/...": value} per measurement, on every process
+        self.history: list[dict] = []  # {"step", "mbias/...": value, "seconds"} per measurement, every process
         self._scorer = None
 
     # ---- Trainer events
@@ -100,6 +101,7 @@ class BiasMonitorCallback(TrainerCallback):
         from mbias.diagnose.runner import audit_records, eval_mode
         from mbias.models.loading import wrap_model
 
+        t0 = time.perf_counter()
         model = self.trainer.model
         if self._scorer is None or self._scorer.model is not _unwrapped(model):
             self._scorer = wrap_model(model, self.processor, config=self.config.scoring)
@@ -114,7 +116,8 @@ class BiasMonitorCallback(TrainerCallback):
 
             records = sorted(gather_object(records), key=lambda r: r["index"])
         metrics = self.metrics(records)
-        self.history.append({"step": self.trainer.state.global_step, **metrics})
+        self.history.append({"step": self.trainer.state.global_step, **metrics,
+                             "seconds": round(time.perf_counter() - t0, 3)})
         return metrics
 
     def metrics(self, records: list[dict]) -> dict[str, float]:
