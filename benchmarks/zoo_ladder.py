@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(__file__).parent / "results" / "zoo"
 WORK = Path("/tmp/mbias-zoo-ladder")
 PROBES = ["modality_shapley", "conflict", "ablation"]
@@ -82,12 +79,11 @@ def main() -> None:
     from mbias.diagnose.config import AuditConfig
     from mbias.diagnose.runner import run_audit
     from mbias.display import pct
-    from mbias.provenance import provenance
+    from mbias.provenance import results_header
     from mbias.reports.content import verdict_label
     from mbias.zoo.pinned import band_of, pinned_builds, pinned_record
 
     t0 = time.perf_counter()
-    command = shlex.join(["python", str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
     builds = pinned_builds()
     models = {}  # label -> (reference, pinned test-cp cue-following or None, expected)
     for build in sorted(set(builds.values()),
@@ -113,16 +109,15 @@ def main() -> None:
                    "accuracy": s["accuracy"], "expected": expected}
             rows.append(row)
             print(json.dumps({k: row[k] for k in ("model", "split", "verdict", "severity")}), flush=True)
-    meta = provenance(command=command, probes=PROBES, n=args.n, wall_seconds=round(time.perf_counter() - t0))
+    header, meta = results_header(wall_seconds=time.perf_counter() - t0)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "ladder.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (OUT / "ladder.json").write_text(json.dumps({"provenance": meta, "probes": PROBES, "n": args.n, "rows": rows},
+                                                indent=2))
 
     def share(st):
         return f"{st['mean']:.2f} [{st['ci95'][0]:.2f}, {st['ci95'][1]:.2f}]"
 
-    lines = ["# The ladder: the verdict on models whose bias we know", "",
-             f"`{command}` · commit {meta['git_commit']} · {meta['platform']} · torch {meta['versions'].get('torch')} "
-             f"· {meta['date']} · {meta['wall_seconds']} s", "",
+    lines = ["# The ladder: the verdict on models whose bias we know", "", *header, "",
              f"`mbias audit --probes {','.join(PROBES)} --max-samples {args.n}` on synth:shapes-p90/test-balanced and "
              "test-cp, for every pinned zoo build (ordered by cue-following on test-cp, 500 examples, measured when "
              "it was pinned: its band) and two broken copies of the pinned shapes-p90. Follows cue = the share of "
