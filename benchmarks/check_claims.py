@@ -96,7 +96,9 @@ def find_claims(text: str, doc: str) -> list[Claim]:
 
 
 def _load(name: str, results: Path):
-    path = (ROOT / name) if "/" in name else (results / name)
+    path = results / name  # a suite's folder (zoo/pin.json), else a path from the repository root
+    if not path.is_file() and "/" in name:
+        path = ROOT / name
     if not path.is_file():
         raise ClaimError(f"results file {name} not found ({path})")
     return json.loads(path.read_text())
