@@ -4,7 +4,7 @@ The shipped zoo's models all see well, so in-distribution (test-id) accuracy can
 every "yes" scene of an existence question draws its object at 2-15% contrast (always a grey level or more off
 the background, so the picture still decides), which the tiny ViT cannot see: the one question type where a
 language prior pays off in-distribution. The script rebuilds all five zoo models on that data (in their own
-cache folder, so they never mix with the shipped ones), evaluates them like zoo_table.py, and measures the
+cache folder, so they never mix with the shipped ones), evaluates them on the three test splits, and measures the
 language share like zoo_probe_shares.py, overall and split by question type.
 
     python benchmarks/zoo_faint_exists.py [--contrast 0.02 0.15] [--n 500] [--n-shares 200]   # ~10 min, 2 CPUs

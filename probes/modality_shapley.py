@@ -16,7 +16,8 @@ choices. Why: the question also tells the model *what kind* of answer is wanted,
 masked question costs every model a lot of probability mass (spread over all vocabulary) whatever its bias.
 Renormalising over the choices keeps the part of the question's contribution that picks *which* answer, which
 is where a language prior acts. On the zoo, raw log-prob shares put a model that answers 95% of counter-prior
-questions right at 0.72 "language"; choice-normalised at 0.40 (benchmarks/zoo_probe_shares.md).
+questions right at 0.72 "language"; choice-normalised at 0.40 (an earlier zoo build;
+benchmarks/results/zoo/probe_shares.md has the pinned zoo).
 """
 
 from __future__ import annotations

@@ -182,15 +182,17 @@ def verdict_change(rows: list[dict], va: dict, vb: dict, paired: bool = True) ->
     decided_by = None if row is None else {"key": row["key"], "probe": row["probe"], "difference": row["difference"],
                                            "clear": row["clear"]}
     changed = before != after and row is not None and row["clear"]
+    # paired: both verdicts are read on the compared samples, which can differ from an audit's own verdict
+    lead = "Verdict on these samples" if paired else "Verdict"
     if before == after:
-        text = f"Verdict: {before} before and after."
+        text = f"{lead}: {before} before and after."
     elif changed:
-        text = f"Verdict: {before} before, {after} after ({_name(row)} {_change(row)})."
+        text = f"{lead}: {before} before, {after} after ({_name(row)} {_change(row)})."
     elif row is None:
-        text = f"Verdict: no clear change from {before} (no measure that decides it was compared)."
+        text = f"{lead}: no clear change from {before} (no measure that decides it was compared)."
     else:
         kind = "paired difference" if paired else "difference"
-        text = f"Verdict: no clear change from {before} (the {kind} in {_name(row)}, {_change(row)}, includes 0)."
+        text = f"{lead}: no clear change from {before} (the {kind} in {_name(row)}, {_change(row)}, includes 0)."
     return {"changed": changed, "before": before, "after": after, "decided_by": decided_by, "text": text}
 
 

@@ -149,15 +149,15 @@ def _follows_row(mean, lo, hi):
 def test_the_verdict_changes_only_when_the_deciding_difference_is_clear():
     change = verdict_change([_follows_row(0.05, -0.04, 0.14)], _verdict("slight"), _verdict("severe"))
     assert change["changed"] is False
-    assert change["text"] == ("Verdict: no clear change from slightly language-reliant (the paired difference in "
+    assert change["text"] == ("Verdict on these samples: no clear change from slightly language-reliant (the paired difference in "
                               "following the wording, +5 points [-4, +14], includes 0).")
     assert "dominant" not in change["text"]  # the after label is never printed beside "no clear change"
     change = verdict_change([_follows_row(0.3, 0.2, 0.4)], _verdict("slight"), _verdict("severe"))
     assert change["changed"] is True and change["text"] == (
-        "Verdict: slightly language-reliant before, language-dominant after (following the wording +30 points "
+        "Verdict on these samples: slightly language-reliant before, language-dominant after (following the wording +30 points "
         "[+20, +40]).")
     change = verdict_change([_follows_row(0.3, 0.2, 0.4)], _verdict("moderate"), _verdict("moderate"))
-    assert change["text"] == "Verdict: language-reliant before and after." and not change["changed"]
+    assert change["text"] == "Verdict on these samples: language-reliant before and after." and not change["changed"]
     # a share-only verdict is decided by the share's difference
     share = {"key": "language_share", "probe": "modality_shapley", "measure": "language share", "rate": False,
              "difference": {"mean": -0.02, "ci95": [-0.05, 0.01]}, "clear": False}
@@ -165,7 +165,7 @@ def test_the_verdict_changes_only_when_the_deciding_difference_is_clear():
                             {**_verdict(None, "modality_shapley"), "dominant_modality": "balanced"},
                             _verdict(None, "modality_shapley"))
     assert change["decided_by"]["key"] == "language_share" and change["text"].startswith(
-        "Verdict: no clear change from balanced (the paired difference in the language share, -0.02")
+        "Verdict on these samples: no clear change from balanced (the paired difference in the language share, -0.02")
 
 
 def test_a_jsonl_cue_answer_reaches_the_example(tmp_path):
