@@ -40,10 +40,21 @@ class AuditConfig:
     def __post_init__(self):
         if isinstance(self.scoring, dict):
             self.scoring = build_config(ScoringConfig, self.scoring, where="scoring")
+        if not isinstance(self.scoring, ScoringConfig):
+            raise ConfigError(f"scoring must be a mapping of masking and scoring settings, e.g. {{patch_grid: 4}}; "
+                              f"got {self.scoring!r:.80}")
         if isinstance(self.probes, str):
             self.probes = [p.strip() for p in self.probes.split(",") if p.strip()]
+        if not isinstance(self.probes, (list, tuple)) or not all(isinstance(p, str) for p in self.probes):
+            raise ConfigError(f"probes must be a list of probe names (or name,name,...); got {self.probes!r:.80}")
         if not self.probes:
-            raise ConfigError("no probes selected")
+            raise ConfigError("no probes selected; name at least one (mbias audit --list-probes lists them), or "
+                              "leave probes out for the standard set")
+        self.probes = list(self.probes)
+        if not isinstance(self.probe_config, dict) or not all(
+                isinstance(v, dict) or v is None for v in self.probe_config.values()):
+            raise ConfigError(f"probe_config must map probe names to their settings, e.g. {{mm_shap: {{grid: 4}}}}; "
+                              f"got {self.probe_config!r:.80}")
         self.columns = parse_columns(self.columns)
         check_number(self, "max_samples", integer=True, ge=1, optional=True)
         check_number(self, "seed", integer=True, ge=0)
@@ -75,6 +86,6 @@ def build_probes(config: AuditConfig) -> dict:
     probes = {}
     for name in config.probes:
         cls = PROBES.get(name)
-        cfg = build_config(cls.config_class, config.probe_config.get(name, {}), where=f"probe_config.{name}")
+        cfg = build_config(cls.config_class, config.probe_config.get(name) or {}, where=f"probe_config.{name}")
         probes[name] = cls(cfg)
     return probes

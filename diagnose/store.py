@@ -88,3 +88,63 @@ def merge_shards(out: Path) -> list[dict]:
         for s in shards:
             s.unlink()
     return records
+
+
+def summary_problem(summary, schema: dict | None = None) -> str | None:
+    """What makes ``summary`` break the summary.json contract (``reports/summary.schema.json``), as
+    ``key.path: what is wrong``, or None. A small reader of the schema's own keywords, so that ``mbias report``
+    explains a hand-edited or truncated summary without the jsonschema package (a dev extra)."""
+    if schema is None:
+        from importlib.resources import files
+
+        schema = json.loads(files("mbias.reports").joinpath("summary.schema.json").read_text())
+    return _problem(summary, schema, schema, "summary")
+
+
+_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def _is(value, kind: str) -> bool:
+    if kind in ("number", "integer"):
+        ok = isinstance(value, int if kind == "integer" else (int, float)) and not isinstance(value, bool)
+        return ok or (kind == "integer" and isinstance(value, float) and value.is_integer())
+    return isinstance(value, _TYPES[kind])
+
+
+def _problem(value, node: dict, root: dict, where: str) -> str | None:
+    if "$ref" in node:
+        target = root
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    if "oneOf" in node and not any(_problem(value, option, root, where) is None for option in node["oneOf"]):
+        return f"{where}: {json.dumps(value)[:60]} matches none of the allowed shapes"
+    kinds = node.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not any(_is(value, k) for k in kinds):
+            return f"{where} must be {' or '.join(kinds)}, not {json.dumps(value)[:60]}"
+    if "const" in node and value != node["const"]:
+        return f"{where} must be {node['const']!r}, not {value!r:.60}"
+    if "enum" in node and value not in node["enum"]:
+        return f"{where} must be one of {', '.join(map(str, node['enum']))}, not {value!r:.60}"
+    if "minimum" in node and _is(value, "number") and value < node["minimum"]:
+        return f"{where} must be at least {node['minimum']}, not {value}"
+    if isinstance(value, dict):
+        missing = [k for k in node.get("required", ()) if k not in value]
+        if missing:
+            return f"{where}.{missing[0]} is missing"
+        for key, sub in node.get("properties", {}).items():
+            if key in value:
+                problem = _problem(value[key], sub, root, f"{where}.{key}")
+                if problem:
+                    return problem
+    if isinstance(value, list):
+        if not node.get("minItems", 0) <= len(value) <= node.get("maxItems", len(value)):
+            return f"{where} must hold {node.get('minItems')}-{node.get('maxItems')} items, not {len(value)}"
+        if "items" in node:
+            for i, item in enumerate(value):
+                problem = _problem(item, node["items"], root, f"{where}[{i}]")
+                if problem:
+                    return problem
+    return None

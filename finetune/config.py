@@ -85,6 +85,11 @@ class FinetuneConfig(TrainingArguments):
     def __post_init__(self):
         if self.tune not in TUNES:
             raise ConfigError(f"tune must be lora or full, not {self.tune!r}")
+        if isinstance(self.lora_targets, str):  # YAML "lora_targets: language,projector"
+            self.lora_targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        if not isinstance(self.lora_targets, (list, tuple)) or not all(isinstance(t, str) for t in self.lora_targets):
+            raise ConfigError(f"lora_targets must be a list drawn from {', '.join(LORA_SIDES)}; got "
+                              f"{self.lora_targets!r:.80}")
         bad = set(self.lora_targets) - set(LORA_SIDES)
         if bad or not self.lora_targets:
             raise ConfigError(f"lora_targets must be a non-empty subset of {', '.join(LORA_SIDES)}; got "
@@ -105,10 +110,19 @@ class FinetuneConfig(TrainingArguments):
         if isinstance(self.recipe_config, str):
             import yaml
 
-            self.recipe_config = yaml.safe_load(self.recipe_config) or {}
+            try:
+                self.recipe_config = yaml.safe_load(self.recipe_config) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"recipe_config {self.recipe_config!r:.80} is not valid YAML "
+                                  f"({getattr(exc, 'problem', None) or type(exc).__name__}); write it as "
+                                  "'{key: value, ...}'") from None
         if not isinstance(self.recipe_config, dict):
             raise ConfigError(f"recipe_config must be a mapping of the recipe's settings; got {self.recipe_config!r}")
         self.columns = parse_columns(self.columns)
+        if str(getattr(self.eval_strategy, "value", self.eval_strategy)) != "no":
+            raise ConfigError(f"eval_strategy {self.eval_strategy!r}: mbias finetune passes the Trainer no "
+                              "evaluation set (held-out data goes to eval_data, read by the recipes); drop "
+                              "eval_strategy")
         check_number(self, "num_train_epochs", gt=0)
         check_number(self, "max_train_samples", integer=True, ge=1, optional=True)
         check_number(self, "max_steps", integer=True, ge=-1)
@@ -118,6 +132,9 @@ class FinetuneConfig(TrainingArguments):
         for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha",
                      "eval_samples", "monitor_every", "monitor_samples"):
             check_number(self, name, integer=True, ge=1)
+        check_number(self, "save_total_limit", integer=True, ge=1, optional=True)
+        check_number(self, "dataloader_num_workers", integer=True, ge=0)
+        check_number(self, "per_device_eval_batch_size", integer=True, ge=1)
         check_number(self, "learning_rate", gt=0)
         check_number(self, "warmup_steps", ge=0)
         check_number(self, "logging_steps", gt=0)

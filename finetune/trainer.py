@@ -2,23 +2,39 @@
 JSONL log, and recipe state in every checkpoint. Everything else (DDP via ``accelerate launch``, mixed precision,
 checkpointing, resuming, LR schedules) is the Trainer's own. FSDP and DeepSpeed, also the Trainer's, run only the
 recipes whose ``launchers`` name them; the others are refused before training (docs/scaling.md).
+
+Interruptions (docs/interruptions.md): while it trains, ``checkpoints/in_progress.json`` records the run's
+settings. SIGTERM (what a cluster scheduler sends before it kills) finishes the current step, writes a checkpoint
+whatever the save strategy, and stops with ``Interrupted``; a second SIGTERM ends the process at once. The same
+command run again finds the marker and resumes from the newest complete checkpoint (``interrupted_checkpoint``),
+so a run stopped in any way (SIGTERM, ``kill -9``, a crash) continues from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
 
+from mbias.errors import ConfigError, Interrupted
 from mbias.models.routing import activate_routes, is_routed
 
 logger = logging.getLogger(__name__)
 
 RECIPE_STATE = "recipe_state.pt"
+IN_PROGRESS = "in_progress.json"
+# the settings a resumed run must share with the run it continues (the step count may grow; output paths differ)
+RESUME_SETTINGS = ("recipe", "recipe_config", "tune", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
+                   "lora_routing", "modality_groups", "max_train_samples", "columns", "learning_rate",
+                   "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type",
+                   "optim", "seed")
 
 
 class BalancedTrainer(Trainer):
@@ -37,6 +53,29 @@ class BalancedTrainer(Trainer):
         for cb in recipe.callbacks():
             self.add_callback(cb)
         recipe.setup(self)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """The Trainer's ``train``, marked in progress until it ends, and stopped cleanly by SIGTERM (module
+        docstring). Raises ``Interrupted`` when a signal stopped it before its last step."""
+        marker = Path(self.args.output_dir) / IN_PROGRESS
+        if self.is_world_process_zero():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"model": str(self.mbias_scorer.model_id), "max_steps": self.args.max_steps,
+                                          "settings": resume_settings(self.args)}, default=str))
+        stop = _StopOnSignal(self)
+        self.add_callback(stop)
+        try:
+            with stop.handling():
+                output = super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self.remove_callback(stop)
+        if stop.stopped and self.state.global_step < self.state.max_steps:
+            raise Interrupted(f"fine-tuning stopped by {stop.stopped} at step {self.state.global_step} of "
+                              f"{self.state.max_steps}; checkpoint written to {self.args.output_dir}/checkpoint-"
+                              f"{self.state.global_step}; run the same command again to resume from it")
+        if self.is_world_process_zero():
+            marker.unlink(missing_ok=True)
+        return output
 
     @property
     def launcher(self) -> str:
@@ -131,3 +170,90 @@ class _RecipeStateCallback(TrainerCallback):
         resume = getattr(self.trainer, "_resume_checkpoint", None)
         if resume and (Path(resume) / RECIPE_STATE).exists():
             self.trainer.recipe.load_state_dict(torch.load(Path(resume) / RECIPE_STATE, weights_only=False))
+
+
+class _StopOnSignal(TrainerCallback):
+    """SIGTERM -> finish this optimizer step, save a checkpoint, stop. Every process of a DDP run stops at the same
+    step: the flag is summed over processes at each step end, so one process seeing the signal stops them all."""
+
+    def __init__(self, trainer: BalancedTrainer):
+        self.trainer = trainer
+        self.seen: str | None = None  # the signal's name, once it arrives
+        self.stopped: str | None = None
+
+    @contextlib.contextmanager
+    def handling(self):
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum, frame):
+            self.seen = signal.Signals(signum).name
+            # a second SIGTERM (the scheduler's grace period is over, or a user insists) ends the process at once
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            logger.warning("%s: saving a checkpoint after this step, then stopping (send it again to stop at once)",
+                           self.seen)
+
+        signal.signal(signal.SIGTERM, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        seen = self.seen is not None
+        accelerator = self.trainer.accelerator
+        if accelerator.num_processes > 1:
+            flag = torch.tensor([float(seen)], device=accelerator.device)
+            seen = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+        if seen:
+            self.stopped = self.seen or "SIGTERM"
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+def resume_settings(config) -> dict:
+    """The settings of ``config`` that a resumed run must share with the run it continues, as plain data."""
+    return json.loads(json.dumps({k: getattr(config, k, None) for k in RESUME_SETTINGS}, default=str))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in ``folder``: a process stopped while writing one leaves it without its
+    ``trainer_state.json`` (written last but for the recipe state), and resuming from it would fail."""
+    ckpts = sorted((p for p in Path(folder).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ckpt in ckpts:
+        if (ckpt / "trainer_state.json").exists():
+            return ckpt
+        logger.warning("%s is incomplete (its run stopped while writing it); skipping it", ckpt)
+    return None
+
+
+def interrupted_checkpoint(folder: Path, config, model: str) -> Path | None:
+    """The checkpoint to resume from when ``folder`` (an output's ``checkpoints/``) holds a run that did not end:
+    None when there is none, or when it stopped before its first checkpoint (it starts over). A run with other
+    settings is refused, since resuming would mix two runs."""
+    marker = Path(folder) / IN_PROGRESS
+    try:
+        info = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        info = {}
+    ckpt = latest_checkpoint(folder)
+    if ckpt is None:
+        logger.warning("%s: the last run stopped before its first checkpoint; starting over", folder.parent)
+        return None
+    now, then = resume_settings(config), dict(info.get("settings", {}))
+    if isinstance(model, str):  # a reference (a model object passed from Python has no name to compare)
+        now["model"], then["model"] = model, info.get("model")
+    changed = [k for k in now if k in then and then[k] != now[k]]
+    if changed:
+        k = changed[0]
+        raise ConfigError(f"{folder.parent} holds a fine-tune that stopped at {ckpt.name} with {k} {then[k]!r}, "
+                          f"not {now[k]!r}: rerun it with the same settings to resume, delete {folder} to start "
+                          "over, or pass another --out")
+    logger.warning("resuming the interrupted run in %s from %s", folder.parent, ckpt.name)
+    return ckpt

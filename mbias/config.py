@@ -77,6 +77,9 @@ def build_config(cls, *sources: dict[str, Any], where: str = ""):
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     merged: dict[str, Any] = {}
     for src in sources:
+        if src is not None and not isinstance(src, dict):
+            raise ConfigError(f"{where or 'config'}: {cls.__name__} settings must be a mapping of field: value; got "
+                              f"{src!r:.80}")
         for key, value in (src or {}).items():
             if key not in names:
                 close = difflib.get_close_matches(str(key), sorted(names), n=1)
@@ -85,8 +88,13 @@ def build_config(cls, *sources: dict[str, Any], where: str = ""):
             merged[key] = value
     try:
         return cls(**merged)
-    except TypeError as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+    except (TypeError, ValueError) as exc:  # ValueError: TrainingArguments' own checks (bf16 without a GPU, ...)
+        raise ConfigError(f"{where or cls.__name__}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split("\n")[0].split())
+    return text or type(exc).__name__
 
 
 def check_number(config, name: str, *, integer: bool = False, ge: float | None = None, gt: float | None = None,
@@ -120,7 +128,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} does not exist")
     raw = p.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # editors on Windows write a byte-order mark; YAML would read it as text
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise ConfigError(f"{p} line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as "

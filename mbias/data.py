@@ -32,6 +32,9 @@ from mbias.records import map_columns, resolve_choices
 
 logger = logging.getLogger(__name__)
 
+# about 5,000 tokens: far beyond any VQA benchmark's question, short of what would stall an audit or exhaust memory
+MAX_QUESTION_CHARS = 20_000
+
 
 @dataclass
 class LoadedData:
@@ -99,14 +102,20 @@ class _Head(Sequence):
 
 
 def check_image(path: Path) -> str | None:
-    """What is wrong with an image file (missing, unreadable), or None."""
+    """What is wrong with an image file (missing, a looping symlink, unreadable, a decompression bomb), or None.
+    Only the header is read: the pixel count is checked before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        return f"image {path} does not exist"
+    from mbias.example import bomb_message, path_problem, refuse_bombs
+
+    missing = path_problem(path)
+    if missing:
+        return missing
     try:
-        with Image.open(path) as img:
+        with refuse_bombs(), Image.open(path) as img:
             img.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return bomb_message(path, exc)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return f"{path} is not a readable image"
     return None
@@ -130,10 +139,23 @@ def record_problem(record, *, base: Path | None, image_key: str, check_files: bo
     image = record.get(image_key, record.get("image"))
     if image is None:
         return f"missing {name(image_key)} (the image path, relative to the data file)"
+    if len(record["question"]) > MAX_QUESTION_CHARS:
+        return (f"{name('question')} is {len(record['question']):,} characters long, over the "
+                f"{MAX_QUESTION_CHARS:,} mbias takes (every question token is scored as a player, and attention "
+                "grows with the square of the length); shorten it or drop the record")
     choices = record.get("choices")
     if choices is not None:
         if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)):
             return f"{name('choices')} must be a list of at least two strings"
+        if not all(c.strip() for c in choices):
+            return f"{name('choices')} holds an empty choice: {choices!r:.200}"
+        seen: dict[str, str] = {}
+        for c in choices:
+            key = " ".join(c.casefold().split())
+            if key in seen:
+                return (f"{name('choices')} repeats {c!r}" + (f" (as {seen[key]!r})" if seen[key] != c else "")
+                        + ": a model cannot pick one of two equal answers; keep each choice once")
+            seen[key] = c
         if record["answer"] not in choices:
             return f"answer {record['answer']!r} is not one of the choices {choices}"
     if check_files and isinstance(image, str):
@@ -142,11 +164,14 @@ def record_problem(record, *, base: Path | None, image_key: str, check_files: bo
 
 
 def _lines(path: Path):
-    """(line number, text or None when the line is not valid UTF-8, the decode problem) of each line."""
+    """(line number, text or None when the line is not valid UTF-8, the decode problem) of each line.
+
+    Editors on Windows start UTF-8 files with a byte-order mark and end lines with CRLF: the mark is dropped
+    (``utf-8-sig`` on the first line) and ``\r`` is whitespace to JSON."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                yield lineno, raw.decode("utf-8"), None
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8"), None
             except UnicodeDecodeError as exc:
                 yield lineno, None, (f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
                                      "save the file as UTF-8")

@@ -15,3 +15,9 @@ class DataError(MbiasError):
 
 class ConfigError(MbiasError):
     """A config value or file is invalid."""
+
+
+class Interrupted(MbiasError):
+    """A run stopped on a signal after saving what it needs to resume; the message says how (the same command)."""
+
+    exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a process it stopped

@@ -260,7 +260,13 @@ def attach_peft(model, adapter: str, *, is_trainable: bool = False):
     try:
         peft_model = PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter,
                                                is_trainable=is_trainable)
+    except RuntimeError as exc:  # load_state_dict's "size mismatch": LoRA weights shaped for another model
+        if "size mismatch" not in str(exc):
+            raise
+        raise ModelLoadError(_other_base(adapter, model, "its weights have other shapes")) from None
     except (OSError, ValueError) as exc:
+        if "not found in the base model" in str(exc) or "Target module" in str(exc):
+            raise ModelLoadError(_other_base(adapter, model, "the layers it adapts do not exist here")) from None
         raise ModelLoadError(f"could not load adapter {adapter!r}: {_first_line(exc)}") from None
     if routing_record(adapter):  # a modality-routed adapter: its image- and text-position parts too
         token = image_token_id(model.config)
@@ -268,6 +274,19 @@ def attach_peft(model, adapter: str, *, is_trainable: bool = False):
             raise ModelLoadError(f"{adapter} is a routed adapter, but the model's config names no image token")
         attach_routes(peft_model, adapter, is_trainable=is_trainable, image_token_id=token)
     return peft_model
+
+
+def _other_base(adapter: str, model, why: str) -> str:
+    """One line for an adapter trained on another base model than ``model``."""
+    try:
+        base = json.loads((Path(adapter).expanduser() / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError):
+        base = None
+    trained_on = f"it was trained on {base}" if base else "it was trained on another base model"
+    here = getattr(model, "name_or_path", "") or type(model).__name__
+    return (f"adapter {adapter} does not fit the model {here}: {trained_on}, and {why}; pass the base model it was "
+            "trained on with --model")
 
 
 def adapter_record(adapter: str | None) -> dict | None:
