@@ -20,7 +20,7 @@ def audit_config_from_args(args) -> AuditConfig:
     scoring_values = dict(file_values.pop("scoring", {}) or {})
     scoring_values.update(values_from_args(args, ScoringConfig))
     cli = {"scoring": build_config(ScoringConfig, scoring_values, where=args.config or "flags")}
-    if args.probes:
+    if args.probes is not None:  # Issue 31: --probes "" is an empty list, refused, not the default set
         cli["probes"] = args.probes
     if args.max_samples is not None:
         cli["max_samples"] = args.max_samples

@@ -24,7 +24,7 @@ from mbias.diagnose.aggregate import summarize
 from mbias.diagnose.config import AuditConfig, build_probes
 from mbias.errors import ConfigError, DataError
 from mbias.models.loading import LoadOptions, adapter_record, for_process, load_model, wrap_model
-from mbias.outdir import check_out_dir
+from mbias.outdir import check_out_dir, exclusive_out_dir
 from mbias.probes.base import KEEP, SampleContext
 from mbias.provenance import provenance
 
@@ -86,6 +86,7 @@ def run_audit(model: str, data: str, out: str | Path, *, config: AuditConfig | N
     return None if done is None else done[0]
 
 
+@exclusive_out_dir("audit")  # Issue 31: one audit at a time per output folder (mbias/outdir.py)
 def audit_model(model, processor, data, out: str | Path, *, config: AuditConfig | None = None,
                 load: LoadOptions | None = None, overwrite: bool = False, on_error: str = "stop",
                 progress: bool = True, report: bool = True) -> tuple[dict, list[dict], dict] | None:
@@ -145,6 +146,7 @@ def audit_model(model, processor, data, out: str | Path, *, config: AuditConfig 
     if rank != 0:
         return None
     records = store.merge_shards(out)
+    records = [r for r in records if r["index"] < len(examples)]  # Issue 31: a rerun with a lower --max-samples
     manifest = store_json(out / store.MANIFEST)
     summary = summarize(records, probes, manifest, config.verdict_margin)
     summary["examples"] = _report_examples(records, examples, config.report_examples)

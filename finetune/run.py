@@ -32,6 +32,8 @@ def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    from mbias.models.loading import peft_wrapping
+
     names = {side: [n for n in scorer.module_names(side) if not n.endswith("lm_head")] for side in config.lora_targets}
     targets = [n for side in config.lora_targets for n in names[side]]
     if not targets:
@@ -42,7 +44,8 @@ def _lora_model(scorer, config: FinetuneConfig, quantized: bool):
     torch.manual_seed(config.seed)
     # exact module names: a bare suffix such as "q_proj" would also catch the vision tower's attention
     kwargs = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none")
-    peft_model = get_peft_model(model, LoraConfig(target_modules=targets, **kwargs))
+    with peft_wrapping():
+        peft_model = get_peft_model(model, LoraConfig(target_modules=targets, **kwargs))
     if config.lora_routing:
         add_routes(peft_model, names["language"], kwargs, scorer.image_token_id)
     return peft_model
@@ -139,7 +142,7 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
     from mbias.data import load_data, load_rows
     from mbias.finetune.data import EncodedDataset, RecipeCollator, check_label_space
     from mbias.finetune.recipes import RECIPES
-    from mbias.finetune.trainer import BalancedTrainer
+    from mbias.finetune.trainer import BalancedTrainer, interrupted_checkpoint, latest_checkpoint
     from mbias.models import LoadOptions, ScoringConfig, load_model
     from mbias.models.loading import attach_peft, wrap_model
 
@@ -198,7 +201,8 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
     steps = config.max_steps if config.max_steps > 0 else math.ceil(len(dataset) / per_step * config.num_train_epochs)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
-    resume_from = _latest_checkpoint(ckpt_dir) if resume else None
+    # Issue 31: a run that did not end resumes when the same command runs again (finetune/trainer.py)
+    resume_from = latest_checkpoint(ckpt_dir) if resume else interrupted_checkpoint(ckpt_dir, config, model)
     if resume and resume_from is None:
         raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; train with save_strategy: steps (and save_steps) "
                           "to make some")
@@ -213,7 +217,7 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
         config, output_dir=str(ckpt_dir), max_steps=steps,
         data_seed=config.seed if config.data_seed is None else config.data_seed,
         use_cpu=config.use_cpu or scorer.device.type == "cpu",
-        disable_tqdm=(not progress) if config.disable_tqdm is None else config.disable_tqdm)
+        disable_tqdm=config.disable_tqdm or not progress)  # TrainingArguments has already made None a bool
     trainer = BalancedTrainer(
         model=peft_model, args=args, train_dataset=dataset,
         data_collator=RecipeCollator(scorer, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space,

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except MbiasError as exc:
         print(f"mbias: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # a fine-tune stopped by SIGTERM ends 143, as a scheduler expects
     except KeyboardInterrupt:
         print("mbias: interrupted", file=sys.stderr)
         return 130

@@ -18,9 +18,15 @@ def _load_summary(folder: Path) -> dict:
         raise MbiasError(f"{folder} has no summary.json; run mbias audit first (or let it finish: rerunning the "
                          "same audit command resumes it)")
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except ValueError as exc:
         raise MbiasError(f"{path} is not valid JSON ({exc}); rerun the audit to rewrite it") from None
+    from mbias.diagnose.store import summary_problem  # Issue 31: say what an edited summary.json breaks
+
+    problem = summary_problem(summary)
+    if problem:
+        raise MbiasError(f"{path}: {problem}; restore the file or rerun the same audit command to rewrite it")
+    return summary
 
 
 def _records(folder: Path) -> list[dict]:

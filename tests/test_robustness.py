@@ -371,7 +371,7 @@ def test_a_sigterm_fine_tune_resumes_with_the_same_command(tiny_llava, tmp_path)
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=120)[1].strip().splitlines()
-    assert proc.returncode == 2, err[-5:]
+    assert proc.returncode == 143, err[-5:]  # 128 + SIGTERM, as a scheduler expects
     assert "fine-tuning stopped by SIGTERM at step" in err[-1] and "run the same command again" in err[-1]
     stopped = int(err[-1].split(" at step ")[1].split()[0])
     assert 2 <= stopped < 40, "the signal came too late to test resuming"

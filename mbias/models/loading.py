@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 
 from mbias.errors import ConfigError, ModelLoadError
@@ -249,6 +251,16 @@ def for_process(opts: LoadOptions, state) -> LoadOptions:
     return dataclasses.replace(opts, max_memory=memory, offload_folder=offload)
 
 
+@contextlib.contextmanager
+def peft_wrapping():
+    """Around peft's wrapping of a model: peft reads ``model.is_gradient_checkpointing``, which transformers 5
+    deprecates with a FutureWarning on every fine-tune and adapter audit that no mbias user can act on (the attribute
+    is peft's to stop reading)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
+
+
 def attach_peft(model, adapter: str, *, is_trainable: bool = False):
     """``PeftModel.from_pretrained`` with one-line errors; the one way both audits and fine-tuning attach a saved
     adapter (fine-tuning keeps the PeftModel, audits score with its base model)."""
@@ -258,8 +270,9 @@ def attach_peft(model, adapter: str, *, is_trainable: bool = False):
     if apath.exists() and not (apath / "adapter_config.json").exists():
         raise ModelLoadError(f"{adapter} has no adapter_config.json; pass the folder a PEFT adapter was saved to")
     try:
-        peft_model = PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter,
-                                               is_trainable=is_trainable)
+        with peft_wrapping():
+            peft_model = PeftModel.from_pretrained(model, str(apath) if apath.exists() else adapter,
+                                                   is_trainable=is_trainable)
     except RuntimeError as exc:  # load_state_dict's "size mismatch": LoRA weights shaped for another model
         if "size mismatch" not in str(exc):
             raise
