@@ -22,7 +22,7 @@ from mbias.config import build_config
 from mbias.errors import ConfigError
 from mbias.finetune.config import FinetuneConfig
 from mbias.models.routing import add_routes, is_routed, mark_routed, route_groups
-from mbias.outdir import check_out_dir
+from mbias.outdir import check_out_dir, exclusive_out_dir
 from mbias.provenance import provenance
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def run_finetune(model, data, out: str | Path, *, config: FinetuneConfig | None 
                  processor=processor)[1]
 
 
+@exclusive_out_dir("fine-tune")  # one fine-tune at a time per output folder, as for audits (mbias/outdir.py)
 def train(model, data, out: str | Path, *, config: FinetuneConfig | None = None, load=None, on_error: str = "stop",
           progress: bool = True, resume: bool = False, processor=None, save: bool = True):
     """``run_finetune``'s work; returns (the trainer, the output folder). ``save``: write the adapter (or model),

@@ -231,6 +231,7 @@ def test_lora_targets_may_be_written_as_text():
     (["--device-map", "gpu0"], "device_map must be one of auto"),
     (["--device-map", "auto", "--max-memory", "0=lots"], "'lots' for 0 is not a size"),
     (["--device-map", "auto", "--max-memory", "=5GiB"], "is not a device"),
+    (["--device-map", "auto", "--max-memory", "0=0GiB,cpu=8GiB"], "0=0GiB leaves no room on that device"),
 ])
 def test_wrong_flag_values_stop_before_any_work(flags, message, tmp_path, capsys):
     out = tmp_path / "out"
@@ -321,6 +322,16 @@ def test_an_audit_into_a_folder_in_use_is_refused_at_once(tiny_llava, tmp_path, 
                  str(tmp_path / "new" / "audit"), "--no-progress"]) == 2
     assert "no dataset at" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "new").exists()
+
+
+def test_a_fine_tune_into_a_folder_in_use_is_refused_at_once(tiny_llava, tmp_path, capsys):
+    from mbias.outdir import out_dir_lock
+
+    out = tmp_path / "ft"
+    with out_dir_lock(out, "fine-tune"):
+        err = _refused(capsys, ["finetune", "--model", tiny_llava, "--data", "synth:shapes-p90/train", "--out",
+                                str(out), "--max-steps", "1", "--max-train-samples", "4", "--no-progress"])
+        assert f"{out} is in use by another mbias fine-tune (pid {os.getpid()}" in err
 
 
 def test_two_audits_racing_into_one_folder_leave_it_consistent(tiny_llava, tmp_path):

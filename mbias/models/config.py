@@ -73,8 +73,12 @@ def parse_max_memory(value) -> dict[str, str]:
         if not (device.isdigit() or device == "cpu"):
             raise ConfigError(f"max_memory: {device!r} is not a device; use GPU indices (0, 1, ...) and cpu (what "
                               "does not fit goes to the offload folder)")
-        if not _MEMORY.match(size):
+        match = _MEMORY.match(size)
+        if not match:
             raise ConfigError(f"max_memory: {size!r} for {device} is not a size; write e.g. 70GiB, 500MB")
+        if float(re.match(r"\d+(\.\d+)?", size).group(0)) <= 0:
+            raise ConfigError(f"max_memory: {device}={size} leaves no room on that device; give it a size above 0 "
+                              "or leave the device out")
     return out
 
 
