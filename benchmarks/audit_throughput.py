@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from mbias.provenance import results_header
+
 OUT = Path(__file__).parent / "results"
 
 
@@ -26,6 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=100)
     args = ap.parse_args()
+    started = time.perf_counter()
 
     import torch
 
@@ -66,9 +69,10 @@ def main() -> None:
         "seconds_per_sample": {"prepare": prep / args.samples, **{k: v / args.samples for k, v in per_probe.items()}},
         "prefix_cache_potential": prefix, "date": time.strftime("%Y-%m-%d"),
     }
+    header, result["provenance"] = results_header(wall_seconds=time.perf_counter() - started)
     OUT.mkdir(exist_ok=True)
     (OUT / "audit_throughput.json").write_text(json.dumps(result, indent=2))
-    lines = [f"# Audit throughput on CPU ({result['date']}, {result['threads']} threads)", "",
+    lines = [f"# Audit throughput on CPU ({result['date']}, {result['threads']} threads)", "", *header, "",
              f"`{result['command']}` times `{result['audit_command']}` end to end (process start, model load, "
              "all default probes, results and summary; no HTML).", "",
              f"**{result['samples_per_second']:.2f} samples/s** ({args.samples} samples in {wall:.1f} s).", "",

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbias.provenance import results_header
+
 OUT = Path(__file__).parent / "results"
 
 
@@ -121,6 +123,7 @@ def main() -> None:
     ap.add_argument("--captum-samples", default="1,2,4,8")
     ap.add_argument("--mbias-permutations", default="2,4,8,16,32,64")
     args = ap.parse_args()
+    started = time.perf_counter()
 
     from mbias.captum_input import ImageTextInput
     from mbias.models import ScoringConfig, load_model
@@ -179,12 +182,13 @@ def main() -> None:
     meta = {"command": "python benchmarks/shapley_vs_captum.py", "examples": len(chosen), "grid": args.grid,
             "threads": torch.get_num_threads(), "device": "cpu", "date": time.strftime("%Y-%m-%d"),
             "exact_seconds_per_example": float(np.mean(exact_seconds))}
+    header, provenance = results_header(wall_seconds=time.perf_counter() - started)
     OUT.mkdir(exist_ok=True)
     (OUT / "shapley_vs_captum.json").write_text(json.dumps(
-        {"meta": meta, "curves": summary, "speedup_pixel_game": speedup, "speedup_default": speedup_default},
+        {"meta": meta, "provenance": provenance, "curves": summary, "speedup_pixel_game": speedup, "speedup_default": speedup_default},
         indent=2))
     lines = [f"# Shapley values: captum's generic path vs mbias ({meta['date']}, CPU, {meta['threads']} threads)",
-             "", f"`{meta['command']}`: zoo:shapes-p90, {len(chosen)} examples of synth:shapes-p90/test-balanced, "
+             "", *header, "", f"`{meta['command']}`: zoo:shapes-p90, {len(chosen)} examples of synth:shapes-p90/test-balanced, "
              f"players = question tokens + {args.grid}x{args.grid} image cells (at most {args.max_players}); "
              "budget = captum n_samples (permutations) or mbias permutations (antithetic pairs).", "",
              "| method | budget | coalitions scored | forward passes | seconds / example | mean relative L1 error |",
@@ -197,7 +201,7 @@ def main() -> None:
               f"Speed-up at equal error, same pixel-level game: {speedup['text']}",
               f"Speed-up at equal error, mbias default (feature-level) game: {speedup_default['text']}"]
     (OUT / "shapley_vs_captum.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[5:]))
+    print("\n".join(lines[len(header) + 6:]))
     print(f"speed-up at equal error: {speedup['text']}")
 
 

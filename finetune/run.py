@@ -59,11 +59,6 @@ def encoder_groups(modality_of: dict[str, str], model) -> dict[str, str]:
     return {n: "shared" if g == "language" and n not in names else g for n, g in modality_of.items()}
 
 
-def _latest_checkpoint(folder: Path) -> Path | None:
-    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
-
-
 def _trim_log(path: Path, last_step: int) -> None:
     """On resume, drop log lines of steps after the checkpoint: they will be logged again."""
     if not path.exists():

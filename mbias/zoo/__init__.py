@@ -191,17 +191,10 @@ def _deterministic(seed: int):
 
 def machine() -> str:
     """The CPU model and core count (what decides a build's float rounding), e.g. ``AMD EPYC 9B14 x 2``."""
-    import platform
+    from mbias.provenance import machine_info
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} x {os.cpu_count()}"
+    info = machine_info()
+    return f"{info['cpu_model'] or info['arch']} x {info['cores']}"
 
 
 def zoo_status() -> list[dict]:
