@@ -3,14 +3,14 @@
 A number in prose that comes from a results file carries a tag right after it, an HTML comment (invisible once
 rendered):
 
-    **+18.2 [+8.9, +28.7]**<!-- claim: imbalance_replication.json#rows.miles.test-cp vs plain | points -->
+    **+18.2 [+8.9, +28.7]**<!-- claim: learning-speed/legacy-replication-builds-16-25.json#rows.miles.test-cp vs plain | points -->
 
 - ``FILE``: a JSON file under benchmarks/results/ (or a path from the repository root); several joined with ``+``
   give one list (``a.json+b.json#rows.plain.test-cp.per_run``: the per-build values of both runs).
 - ``PATH``: keys separated by dots; a key may hold spaces, slashes or dots (the longest key that exists wins); an
   integer indexes a list, ``key=value`` picks the list element whose ``key`` is ``value``.
   ``derived:NAME ARG, ...`` instead of ``FILE#PATH`` names a value computed from several results (``DERIVED``
-  below: ``derived:good_runs_gain miles, imbalance_replication.json``).
+  below: ``derived:good_runs_gain miles, learning-speed/legacy-replication-builds-16-25.json``).
 - several sources separated by ``;`` must each give the prose value ("each above plain on 9 of 10 builds").
 - after ``|``, in order: ``points`` or ``percent`` (x100), ``neg`` (x-1, so "cuts by 0.15 [0.09, 0.22]" reads a
   difference of -0.15 [-0.22, -0.09]), and for a list ``min``, ``max``, ``mean`` or ``count>0`` / ``count<0.30``
@@ -136,7 +136,7 @@ def _per_run(results: Path, name: str, arm: str, metric: str) -> list[float]:
     return resolve(_load(name, results), f"rows.{arm}.{metric}.per_run")
 
 
-FULL_TRAINING = ("imbalance_sixteen_builds.json", "imbalance_replication.json")  # plain / miles / mnl, 26 builds
+FULL_TRAINING = ("learning-speed/legacy-16-builds.json", "learning-speed/legacy-replication-builds-16-25.json")  # plain / miles / mnl, 26 builds
 
 
 def _plain_runs(results: Path, *files: str) -> int:
@@ -166,12 +166,12 @@ def _below_untrained(results: Path, *files: str) -> dict:
 
 
 def _share_of_gain(results: Path, arm: str, reference: str) -> float:
-    """``arm``'s test-cp gain over LoRA as a share of ``reference``'s (recipe_comparison.json; a row name or the
+    """``arm``'s test-cp gain over LoRA as a share of ``reference``'s (recipes/legacy-3-builds.json; a row name or the
     start of one)."""
-    rows = _load("recipe_comparison.json", results)["rows"]
+    rows = _load("recipes/legacy-3-builds.json", results)["rows"]
     ref = [k for k in rows if k == reference] or [k for k in rows if k.startswith(reference)]
     if len(ref) != 1 or arm not in rows:
-        raise ClaimError(f"share_of_gain: no single row {arm!r} / {reference!r} in recipe_comparison.json")
+        raise ClaimError(f"share_of_gain: no single row {arm!r} / {reference!r} in recipes/legacy-3-builds.json")
     return rows[arm]["test-cp vs lora"]["mean"] / rows[ref[0]]["test-cp vs lora"]["mean"]
 
 

@@ -22,11 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).parent / "results" / "cost"
 RUNS = [  # (row name, recipe, recipe settings)
     ("lora", "lora", {}), ("msam", "msam", {}), ("msam direction=previous", "msam", {"direction": "previous"}),
     ("miles", "miles", {}), ("mnl", "mnl", {}), ("cggm", "cggm", {}), ("ogm_ge", "ogm_ge", {}),
-    # the debiasing recipes at the settings the recipe comparison uses (results/recipe_selection.md)
+    # the debiasing recipes at the settings the recipe comparison uses (results/recipes/legacy-selection.md)
     ("poe prior_table", "poe", {"bias_expert": "prior_table"}), ("poe no_image", "poe", {"bias_expert": "no_image"}),
     ("lmh prior_table", "lmh", {"bias_expert": "prior_table", "entropy_weight": 0.1}),
     ("mdpo crop no_image", "mdpo", {"corruption": "crop", "rejected_answer": "no_image", "beta": 1.0}),
@@ -44,6 +44,9 @@ def _train(recipe: str, recipe_config: dict, steps: int, out: str, queue) -> Non
 
 
 def main() -> None:
+    from mbias.provenance import results_header
+
+    started = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the timing")
@@ -79,9 +82,10 @@ def main() -> None:
                      "memory_vs_lora": m / base_m})
     meta = {"command": f"python benchmarks/recipe_cost.py --steps {args.steps} --rounds {args.rounds}",
             "date": time.strftime("%Y-%m-%d"), "device": "cpu (2 cores)", "batch_size": 32}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "recipe_cost.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Recipe cost relative to plain LoRA ({meta['date']}, {meta['device']})", "", f"`{meta['command']}`",
+    header, provenance = results_header(wall_seconds=time.perf_counter() - started)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "recipe_cost.json").write_text(json.dumps({"provenance": provenance, "meta": meta, "rows": rows}, indent=2))
+    lines = [*header, "", f"# Recipe cost relative to plain LoRA ({meta['date']}, {meta['device']})", "", f"`{meta['command']}`",
              "", "zoo:shapes-p90, batch 32, LoRA r=16 on the LLM and projector. Mean seconds per optimizer step "
              f"after {args.skip} warm-up steps (fastest of {args.rounds} rounds, the recipes interleaved), and the "
              "training process's peak resident memory.", "",

@@ -21,7 +21,7 @@ import os
 import time
 from pathlib import Path
 
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).parent / "results" / "zoo"
 DEFAULT_CONTRAST = (0.02, 0.15)
 
 
@@ -44,6 +44,9 @@ def use_faint_existence_objects(contrast: tuple[float, float]) -> None:
 
 
 def main() -> None:
+    from mbias.provenance import results_header
+
+    started = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--contrast", type=float, nargs=2, default=DEFAULT_CONTRAST, metavar=("LO", "HI"),
                     help="range of the existence objects' contrast (0 = invisible, 1 = the shipped zoo)")
@@ -95,13 +98,14 @@ def main() -> None:
     default = contrast == DEFAULT_CONTRAST
     command = ("python benchmarks/zoo_faint_exists.py" + ("" if default else f" --contrast {contrast[0]} {contrast[1]}")
                + (f" --n {args.n}" if args.n != 500 else ""))
-    stem = "zoo_faint_exists" if default else f"zoo_faint_exists-{contrast[0]}-{contrast[1]}"
-    OUT.mkdir(exist_ok=True)
+    stem = "faint_exists" if default else f"faint_exists-{contrast[0]}-{contrast[1]}"
+    header, provenance = results_header(wall_seconds=time.perf_counter() - started)
+    OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{stem}.json").write_text(json.dumps(
-        {"command": command, "contrast": contrast, "n": args.n, "n_shares": args.n_shares, "rows": rows,
+        {"provenance": provenance, "command": command, "contrast": contrast, "n": args.n, "n_shares": args.n_shares, "rows": rows,
          "spearman_share_vs_cp_error": rho, "date": time.strftime("%Y-%m-%d")}, indent=2))
 
-    lines = [f"# Experiment: faint existence objects ({time.strftime('%Y-%m-%d')})", "",
+    lines = [*header, "", f"# Experiment: faint existence objects ({time.strftime('%Y-%m-%d')})", "",
              f"`{command}`: the five zoo models rebuilt on data whose existence questions show an object at "
              f"{contrast[0]:.0%}-{contrast[1]:.0%} contrast (not the shipped zoo). Accuracy on {args.n} examples "
              f"per split; language share = modality_shapley on {args.n_shares} test-balanced samples, mean [95% "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).parent / "results"
+OUT = Path(__file__).parent / "results" / "zoo"
 
 
 def build(seed: int, threads: int, default_threads: int) -> Path:
@@ -45,6 +45,9 @@ def build(seed: int, threads: int, default_threads: int) -> Path:
 
 
 def main() -> None:
+    from mbias.provenance import results_header
+
+    started = time.perf_counter()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", default="1,2,4")
@@ -76,9 +79,10 @@ def main() -> None:
     meta = {"command": f"python benchmarks/zoo_spread.py --seeds {args.seeds} --threads {args.threads} --n {args.n}",
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
             "default_threads": default_threads, "date": time.strftime("%Y-%m-%d")}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "zoo_spread.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Spread of the planted bias over builds of zoo:shapes-p90 ({meta['date']})", "",
+    header, provenance = results_header(wall_seconds=time.perf_counter() - started)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "spread.json").write_text(json.dumps({"provenance": provenance, "meta": meta, "rows": rows}, indent=2))
+    lines = [*header, "", f"# Spread of the planted bias over builds of zoo:shapes-p90 ({meta['date']})", "",
              f"`{meta['command']}`", "", f"Machine: {meta['machine']}, default {default_threads} threads. "
              f"{args.n} examples per split.", "",
              "| training seed | threads | test-cp | cue-following on test-cp | test-balanced | build s |",
@@ -87,8 +91,8 @@ def main() -> None:
               f"{r['test-balanced']:.3f} | {r['build_seconds']:.0f} |" for r in rows]
     lines += ["", f"test-cp over all builds: mean {cp.mean():.3f}, min {cp.min():.3f}, max {cp.max():.3f} "
               f"(sd {cp.std(ddof=1) if len(cp) > 1 else 0:.3f})."]
-    (OUT / "zoo_spread.md").write_text("\n".join(lines) + "\n")
-    print((OUT / "zoo_spread.md").read_text())
+    (OUT / "spread.md").write_text("\n".join(lines) + "\n")
+    print((OUT / "spread.md").read_text())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 MODEL = "zoo:shapes-p90"
 AUDIT_DATA = "synth:shapes-p90/test-cp"
 TRAIN_DATA = "synth:shapes-p90/train"
-DEMO_RECIPE, DEMO_RECIPE_CONFIG = "poe", {"bias_expert": "prior_table"}  # best on val: results/recipe_selection.md
+DEMO_RECIPE, DEMO_RECIPE_CONFIG = "poe", {"bias_expert": "prior_table"}  # best on val: results/recipes/legacy-selection.md
 STEPS = 100
 SAMPLES = 60
 

@@ -71,12 +71,12 @@ def test_every_checked_number_in_readme_is_really_checked(cc):
 
 def test_bad_tags_are_errors(tmp_path, cc):
     doc = tmp_path / "doc.md"
-    doc.write_text("a +18.2<!-- claim: imbalance_replication.json#rows.miles.test-cp vs plain | points --> gain\n"
+    doc.write_text("a +18.2<!-- claim: learning-speed/legacy-replication-builds-16-25.json#rows.miles.test-cp vs plain | points --> gain\n"
                    "b +18.2<!-- claim: no_such_file.json#rows.miles | points -->\n"
-                   "c +18.2<!-- claim: imbalance_replication.json#rows.nobody.test-cp | points -->\n"
-                   "d words only<!-- claim: imbalance_replication.json#rows.miles.test-cp vs plain -->\n"
-                   "e 9 of 10<!-- claim: imbalance_replication.json#rows.miles.test-cp vs plain.per_run | count>0 -->\n"
-                   "f 0.18<!-- claim: imbalance_replication.json#rows.miles.test-cp vs plain -->\n")
+                   "c +18.2<!-- claim: learning-speed/legacy-replication-builds-16-25.json#rows.nobody.test-cp | points -->\n"
+                   "d words only<!-- claim: learning-speed/legacy-replication-builds-16-25.json#rows.miles.test-cp vs plain -->\n"
+                   "e 9 of 10<!-- claim: learning-speed/legacy-replication-builds-16-25.json#rows.miles.test-cp vs plain.per_run | count>0 -->\n"
+                   "f 0.18<!-- claim: learning-speed/legacy-replication-builds-16-25.json#rows.miles.test-cp vs plain -->\n")
     out = subprocess.run([sys.executable, str(SCRIPT), str(doc)], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 1
     assert "doc.md:2: results file no_such_file.json not found" in out.stderr

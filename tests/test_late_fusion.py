@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture(scope="module")
 def late_fusion(tiny_model_dir, tmp_path_factory):
     sys.path.insert(0, str(BENCHMARKS))
-    from imbalance_late_fusion import build_late_fusion
+    from suites import build_late_fusion
 
     from mbias.finetune.data import RecipeCollator
     from mbias.models import load_model

@@ -104,7 +104,7 @@ def test_across_builds_reports_k_of_n_and_exact_tests():
     assert across_builds(d, seed=3)["ci_t"] == s["ci_t"] and across_builds(d)["ci95"] == s["ci95"]
     assert s["p_sign"] == pytest.approx(22 / 1024)  # 2 * P(Binomial(10, 1/2) <= 1)
     assert s["p_flip"] == pytest.approx(4 / 1024)  # exact: 4 of the 1024 sign patterns are as extreme
-    # three builds, all positive (poe - LoRA, recipe_comparison.json): the sign test cannot go below 0.25, the
+    # three builds, all positive (poe - LoRA, recipes/legacy-3-builds.json): the sign test cannot go below 0.25, the
     # interval is t's alone (bootstrap-t's ends are noise over three builds), and wide
     three = across_builds({0: [0.3] * 5, 1: [0.326] * 5, 2: [0.05] * 5})
     assert (three["k_positive"], three["n_builds"], three["p_sign"]) == (3, 3, 0.25)
