@@ -28,6 +28,8 @@ def audit_config_from_args(args) -> AuditConfig:
         cli["seed"] = args.seed
     if args.columns is not None:
         cli["columns"] = args.columns
+    if getattr(args, "decode", None) is not None:  # Issue 30
+        cli["decode"] = args.decode
     return build_config(AuditConfig, file_values, cli, where=args.config or "flags")
 
 

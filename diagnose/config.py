@@ -36,6 +36,9 @@ class AuditConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig, metadata={"help": "masking and scoring"})
     probe_config: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={
         "help": "per-probe settings, e.g. {mm_shap: {n_permutations: 10}}"})
+    decode: str | None = field(default=None, metadata={
+        "help": "score and generate through a decode-time fix, NAME[:k=v,...]: contrastive[:alpha=A,beta=B] or "
+                "vcd[:alpha=A,beta=B,noise_step=T] (docs/recipes.md); default: plain greedy decoding"})
 
     def __post_init__(self):
         if isinstance(self.scoring, dict):
@@ -56,6 +59,10 @@ class AuditConfig:
             raise ConfigError(f"probe_config must map probe names to their settings, e.g. {{mm_shap: {{grid: 4}}}}; "
                               f"got {self.probe_config!r:.80}")
         self.columns = parse_columns(self.columns)
+        from mbias.decoding import parse_decode
+
+        spec = parse_decode(self.decode)  # Issue 30: one canonical spelling, so equal specs resume each other
+        self.decode = None if spec is None else str(spec)
         check_number(self, "max_samples", integer=True, ge=1, optional=True)
         check_number(self, "seed", integer=True, ge=0)
         check_number(self, "verdict_margin", ge=0, lt=0.5)
@@ -69,6 +76,8 @@ class AuditConfig:
         d = self.to_dict()
         d.pop("max_samples")
         d.pop("report_examples")
+        if d.get("decode") is None:  # Issue 30: audits from before --decode existed keep their fingerprint
+            d.pop("decode", None)
         from mbias.zoo import model_identity
 
         blob = json.dumps({"config": d, "model": model_identity(model), "adapter": adapter_path, "data": data},

@@ -113,6 +113,10 @@ def audit_model(model, processor, data, out: str | Path, *, config: AuditConfig 
         identity = {"model": scorer.model_id, "adapter": in_memory_adapter(model), "load": None,
                     "in_memory": type(model).__name__}
         held = model
+    if config.decode:  # Issue 30: every score and generation of the audit goes through the decode-time fix
+        from mbias.decoding import with_decode
+
+        scorer = with_decode(scorer, config.decode)
     if rank == 0:
         _prepare_folder(out, fingerprint, overwrite)
         manifest = {
@@ -150,6 +154,9 @@ def audit_model(model, processor, data, out: str | Path, *, config: AuditConfig 
     manifest = store_json(out / store.MANIFEST)
     summary = summarize(records, probes, manifest, config.verdict_margin)
     summary["examples"] = _report_examples(records, examples, config.report_examples)
+    from mbias.decoding import describe
+
+    summary["decode"] = describe(config.decode)  # Issue 30: None when decoding was plain
     store.write_json_atomic(out / store.SUMMARY, summary)
     if report:
         from mbias.reports import render_audit

@@ -7,7 +7,9 @@ Importing ``mbias`` is cheap (no torch); heavy modules load on first use. From P
 - ``mbias.finetune(model, processor, data, recipe="poe", **training_args)``, built on ``BalancedTrainer``,
   ``FinetuneConfig`` and the recipe registry ``RECIPES``;
 - ``mbias.BiasMonitorCallback``: audits the model being trained every N steps and logs ``mbias/*`` through any
-  ``transformers.Trainer``.
+  ``transformers.Trainer``;
+- ``mbias.decoding_processors(model, processor, inputs, "contrastive:alpha=1")``: the logits processors that serve
+  a model through a decode-time fix in your own ``model.generate`` (``mbias.decoding``).
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ _EXPORTS = {
     "BalancedTrainer": "mbias.finetune.trainer",
     "RECIPES": "mbias.finetune.recipes",
     "BiasMonitorCallback": "mbias.finetune.monitor",
+    "decoding_processors": "mbias.decoding",
 }
 
 __all__ = [
     "RECIPES", "AuditConfig", "AuditResult", "BalancedTrainer", "BiasMonitorCallback", "Comparison", "FinetuneConfig",
-    "FinetuneResult", "LoadOptions", "ScoringConfig", "__version__", "audit", "finetune",
+    "FinetuneResult", "LoadOptions", "ScoringConfig", "__version__", "audit", "decoding_processors", "finetune",
 ]
 
 if TYPE_CHECKING:
     from mbias.api import AuditResult, Comparison, audit
+    from mbias.decoding import decoding_processors
     from mbias.diagnose.config import AuditConfig
     from mbias.finetune.api import FinetuneResult, finetune
     from mbias.finetune.config import FinetuneConfig

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def audit(model: Any, processor: Any = None, data: Any = None, probes: list[str] | str | None = None, *,
           config: AuditConfig | dict | None = None, out: str | Path | None = None, seed: int | None = None,
           progress: bool = True, load: LoadOptions | None = None, overwrite: bool = False,
-          on_error: str = "stop", report: bool = True) -> AuditResult | None:
+          on_error: str = "stop", report: bool = True, decode: str | None = None) -> AuditResult | None:
     """Audit how much ``model`` relies on the question's wording versus the image, on ``data``.
 
     - ``model``: an HF image-text model object (``AutoModelForImageTextToText``, a ``PeftModel``, device-mapped or
@@ -40,6 +40,9 @@ def audit(model: Any, processor: Any = None, data: Any = None, probes: list[str]
       are computed, summary, and with ``report`` the HTML/Markdown reports); rerunning on the same folder resumes
       it, and a folder holding another model's or data's audit is refused unless ``overwrite``. Without ``out``
       nothing stays on disk (``AuditResult.save`` writes it later).
+    - ``decode``: audit the model as served through a decode-time fix, ``"contrastive:alpha=1"`` or
+      ``"vcd:alpha=1,beta=0.1"`` (``mbias.decoding``; overrides ``config.decode``): every probe's scores and every
+      generation go through it, and ``summary["decode"]`` records it.
 
     Returns an ``AuditResult`` (None on the non-main processes of an ``accelerate launch`` run).
     """
@@ -59,6 +62,8 @@ def audit(model: Any, processor: Any = None, data: Any = None, probes: list[str]
         overrides["probes"] = probes
     if seed is not None:
         overrides["seed"] = seed
+    if decode is not None:
+        overrides["decode"] = decode
     if overrides:
         config = dataclasses.replace(config, **overrides)  # re-validated
     if out is None:

@@ -95,6 +95,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--probes", help="comma-separated probe names (default: the standard set; see --list-probes)")
     p.add_argument("--list-probes", action=_ListProbes, help="list the probes with their definitions and exit")
     p.add_argument("--max-samples", type=int, help="audit at most N samples")
+    p.add_argument("--decode", metavar="NAME[:k=v,...]",
+                   help="audit the model served through a decode-time fix: contrastive[:alpha=1] (image-free "
+                        "contrast) or vcd[:alpha=1,beta=0.1,noise_step=500] (noised image); see docs/recipes.md")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder that holds another config")
     p.add_argument("--no-report", action="store_true", help="write summary.json only, no HTML/Markdown")
     add_dataclass_args(p.add_argument_group("masking and scoring"), ScoringConfig)

@@ -165,7 +165,9 @@ def adapter_phrase(adapter: dict | None) -> str:
 def model_label(summary: dict) -> str:
     """The audited model as a reader needs it: the base model and, when one was applied, the adapter."""
     adapter = adapter_phrase(summary.get("adapter"))
-    return f"{summary.get('model')} + {adapter}" if adapter else str(summary.get("model"))
+    label = f"{summary.get('model')} + {adapter}" if adapter else str(summary.get("model"))
+    decode = summary.get("decode")
+    return f"{label}, decoded with {decode['spec']}" if decode else label
 
 
 def method_rows(summary: dict) -> list[tuple[str, dict]]:
@@ -182,6 +184,8 @@ def provenance_rows(summary: dict) -> list[tuple[str, str]]:
             rows.append(("adapter recipe settings", str(adapter["recipe_config"])))
         if adapter.get("data"):
             rows.append(("adapter training data", str(adapter["data"])))
+    if summary.get("decode"):
+        rows.append(("decoding", f"{summary['decode']['spec']} (a decode-time fix: every score and generation)"))
     rows += [("data", str(summary.get("data"))),
             ("mbias", f"{prov.get('mbias_version')} (commit {prov.get('git_commit') or 'n/a'})"),
             ("model revision", str(prov.get("model_revision"))), ("device", str(prov.get("device"))),
