@@ -165,13 +165,13 @@ def _below_untrained(results: Path, *files: str) -> dict:
     return {"k": k, "n": n}
 
 
-def _share_of_gain(results: Path, arm: str, reference: str) -> float:
-    """``arm``'s test-cp gain over LoRA as a share of ``reference``'s (recipes/legacy-3-builds.json; a row name or the
-    start of one)."""
-    rows = _load("recipes/legacy-3-builds.json", results)["rows"]
+def _share_of_gain(results: Path, arm: str, reference: str, file: str = "recipes/compare.json") -> float:
+    """``arm``'s test-cp gain over LoRA as a share of ``reference``'s (rows of ``file``; a row name or the start of
+    one)."""
+    rows = _load(file, results)["rows"]
     ref = [k for k in rows if k == reference] or [k for k in rows if k.startswith(reference)]
     if len(ref) != 1 or arm not in rows:
-        raise ClaimError(f"share_of_gain: no single row {arm!r} / {reference!r} in recipes/legacy-3-builds.json")
+        raise ClaimError(f"share_of_gain: no single row {arm!r} / {reference!r} in {file}")
     return rows[arm]["test-cp vs lora"]["mean"] / rows[ref[0]]["test-cp vs lora"]["mean"]
 
 

@@ -58,6 +58,17 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Served:
+    """A model served through a decode-time fix (``mbias.decoding``), trained by nothing or by an arm: the base
+    build (``source`` None) or ``source``'s trained model at its chosen setting. ``grid``: decode specs tried on val
+    (build 0), chosen by the suite's rule; or ``same_as`` another served row (its chosen spec, not tuned again)."""
+    name: str
+    grid: tuple = ()
+    source: str | None = None
+    same_as: str | None = None
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str  # results/NAME/, configs/NAME/ by convention
     title: str
@@ -72,6 +83,7 @@ class Suite:
     pairs: tuple = ()  # (a, b): b - a paired by build and example, a table of its own
     per_type: tuple = ("test-cp",)  # splits broken down by question type
     notes: Callable | None = None  # (table) -> extra Markdown lines
+    served: tuple = ()  # Served rows: decode-time fixes measured like the arms
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -119,8 +131,8 @@ def load_scorer(model_dir: str):
     return load_model(model_dir, device="cpu", trust_remote_code=has_remote_code(model_dir))
 
 
-def _eval_key(evaluator, args) -> dict:
-    return {"evaluator": evaluator.__name__, "version": VERSION,
+def _eval_key(evaluator, args, decode: str | None = None) -> dict:
+    return {"evaluator": evaluator.__name__, "version": VERSION, **({"decode": decode} if decode else {}),
             **{k: getattr(args, k) for k in ("n_eval", "n_audit", "n_probe", "n_val")}}
 
 
@@ -148,14 +160,17 @@ def train(suite: Suite, arm: Arm, seed: int, setting: dict) -> tuple[Path, float
     return out, sps
 
 
-def evaluate(model_dir: Path | str, evaluator, args, cache: Path) -> dict:
-    """``evaluator`` on the model at ``model_dir``, cached in the file ``cache`` under the evaluation's key."""
-    key = _eval_key(evaluator, args)
+def evaluate(model_dir: Path | str, evaluator, args, cache: Path, decode: str | None = None) -> dict:
+    """``evaluator`` on the model at ``model_dir`` (served through ``decode`` when given), cached in the file
+    ``cache`` under the evaluation's key."""
+    from mbias.decoding import with_decode
+
+    key = _eval_key(evaluator, args, decode)
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
             return saved["result"]
-    result = evaluator(load_scorer(str(model_dir)), args)
+    result = evaluator(with_decode(load_scorer(str(model_dir)), decode), args)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "result": result}))
     return result
@@ -172,6 +187,27 @@ def run_untrained(suite: Suite, model_of: Callable[[int], str], seed: int, args)
     model = model_of(seed)
     cache = WORK / suite.name / f"untrained-{_digest(model_identity(model))}" / "benchmark-eval.json"
     return evaluate(model, suite.evaluate, args, cache)
+
+
+def run_served(suite: Suite, served: Served, seed: int, spec: str, source_setting: dict | None, evaluator,
+               args) -> dict:
+    """``served``'s model for run ``seed`` (the base build, or its source arm trained at ``source_setting``) through
+    the decode ``spec``."""
+    if served.source is None:
+        from mbias.zoo import model_identity
+
+        model = suite.base(seed)
+        cache = WORK / suite.name / f"untrained-{_digest(model_identity(model))}"
+    else:
+        arm = next(a for a in suite.arms if a.name == served.source)
+        model, _ = train(suite, arm, seed, source_setting)
+        cache = Path(model)
+    name = f"benchmark-eval-{evaluator.__name__}-{_slug(spec)}.json"
+    return evaluate(model, evaluator, args, cache / name, decode=spec)
+
+
+def served_spec(suite: Suite, served: Served, chosen: dict) -> str:
+    return chosen[served.same_as if served.same_as else served.name]
 
 
 # -- summaries ---------------------------------------------------------------------------------------------------
@@ -267,6 +303,20 @@ def select(suite: Suite, args) -> None:
     for arm in suite.arms:
         chosen.setdefault(arm.name, {"setting": arm.grid[0], "val-balanced": None, "met_floor": None})
         write_chosen_config(suite, arm, chosen[arm.name]["setting"])
+    for served in suite.served:  # decode-time fixes: their specs on val, the same rule
+        if not served.grid:
+            continue
+        source = None if served.source is None else chosen[served.source]["setting"]
+        scores = {}
+        for spec in served.grid:
+            label = f"{served.name} {spec}"
+            res = run_served(suite, served, 0, spec, source, evals.val, args)
+            results[label], timing[label] = {0: res}, float("nan")
+            scores[spec] = (_mean(res["val"]["correct"]) >= floor, _mean(res["val-balanced"]["correct"]))
+            print(json.dumps({"run": label, **{k: round(_mean(v["correct"]), 3) for k, v in res.items()}}), flush=True)
+        ok = [spec for spec in served.grid if scores[spec][0]]
+        best = max(ok, key=lambda spec: scores[spec][1]) if ok else served.grid[0]
+        chosen[served.name] = {"setting": best, "val-balanced": scores[best][1], "met_floor": bool(ok)}
     header, provenance = results_header(wall_seconds=time.perf_counter() - t0)
     out = RESULTS / suite.name
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +333,8 @@ def select(suite: Suite, args) -> None:
 
     for label in results:
         cells = [bootstrap_mean(results[label][0][k]["correct"]) for k in ("val-balanced", "val")]
-        lines.append(f"| {label} | {fmt(cells[0])} | {fmt(cells[1])} | {timing[label]:.4f} |")
+        sps = "-" if np.isnan(timing[label]) else f"{timing[label]:.4f}"
+        lines.append(f"| {label} | {fmt(cells[0])} | {fmt(cells[1])} | {sps} |")
     lines += ["", f"Chosen per arm: the highest val-balanced accuracy among settings whose val accuracy is at least "
               f"{floor:.3f} ({floor_label}'s {table[floor_label]['val']['mean']:.3f} minus {suite.floor[1]:.2f}): "
               + "; ".join(f"{name}: `{json.dumps(c['setting'], sort_keys=True)}`"
@@ -317,7 +368,13 @@ def chosen_settings(suite: Suite) -> dict:
             raise SystemExit(f"no {path}: run `python benchmarks/harness.py {suite.name} --select` first")
         return {a.name: a.grid[0] for a in suite.arms}
     chosen = json.loads(path.read_text())["chosen"]
-    return {a.name: chosen[a.name]["setting"] if a.name in chosen else a.grid[0] for a in suite.arms}
+    out = {a.name: chosen[a.name]["setting"] if a.name in chosen else a.grid[0] for a in suite.arms}
+    for served in suite.served:
+        if served.grid and served.name not in chosen:
+            raise SystemExit(f"{path} has no decode chosen for {served.name}: rerun --select")
+        if served.grid:
+            out[served.name] = chosen[served.name]["setting"]
+    return out
 
 
 # -- comparison --------------------------------------------------------------------------------------------------
@@ -342,6 +399,12 @@ def compare(suite: Suite, args) -> None:
                               **{m: round(_mean(evals.values(results[arm.name][s], m)), 3) for m in suite.columns},
                               "seconds": round(time.perf_counter() - t, 1)}), flush=True)
         timing[arm.name] = float(np.mean(per))
+    for served in suite.served if not args.arms else ():
+        spec = served_spec(suite, served, chosen)
+        source = None if served.source is None else chosen[served.source]
+        results[served.name] = {s: run_served(suite, served, s, spec, source, suite.evaluate, args) for s in seeds}
+        print(json.dumps({"served": served.name, "decode": spec}), flush=True)
+    cost = decode_cost(suite, chosen, seeds[0], args) if suite.served and not args.arms else {}
     categories = sorted(set(results[suite.baseline][seeds[0]]["test-cp"]["category"]))
     by_type = [f"{split}/{c}" for split in suite.per_type for c in categories]
     metrics = list(suite.columns) + by_type
@@ -356,14 +419,35 @@ def compare(suite: Suite, args) -> None:
     (out / "compare.json").write_text(json.dumps(
         {"provenance": provenance, "suite": suite.name, "bases": [suite.base(s) for s in seeds], "seeds": seeds,
          "settings": {a.name: chosen[a.name] for a in arms}, "rows": table, "pairs": pairs,
-         "seconds_per_step": timing, "n": {k: getattr(args, k) for k in ("n_eval", "n_audit", "n_probe")}},
+         "seconds_per_step": timing, "decode_cost": cost,
+         "n": {k: getattr(args, k) for k in ("n_eval", "n_audit", "n_probe")}},
         indent=2, default=str))
-    text = markdown(suite, args, header, seeds, arms, chosen, table, pairs, timing, categories)
+    text = markdown(suite, args, header, seeds, arms, chosen, table, pairs, timing, categories, cost)
     (out / "compare.md").write_text(text)
     print(text)
 
 
-def markdown(suite, args, header, seeds, arms, chosen, table, pairs, timing, categories) -> str:
+def decode_cost(suite: Suite, chosen: dict, seed: int, args, n: int = 100) -> dict:
+    """Seconds per test-cp example of answering (choice scoring), plain and through each served row's decode, on
+    build ``seed``'s base model, measured side by side (interleaved in rounds, each one's fastest round)."""
+    from mbias.decoding import with_decode
+
+    scorer = load_scorer(suite.base(seed))
+    examples = [scorer.prepare(ex) for ex in evals._split("test-cp", n)]
+    specs = {"plain": None, **{s.name: served_spec(suite, s, chosen) for s in suite.served if s.source is None}}
+    best = dict.fromkeys(specs, float("inf"))
+    for _ in range(3):
+        for name, spec in specs.items():
+            served = with_decode(scorer, spec)
+            t = time.perf_counter()
+            for p in examples:
+                served.predict(p)
+            best[name] = min(best[name], (time.perf_counter() - t) / len(examples))
+    return {name: {"seconds_per_example": sec, "vs_plain": sec / best["plain"], "decode": specs[name]}
+            for name, sec in best.items()}
+
+
+def markdown(suite, args, header, seeds, arms, chosen, table, pairs, timing, categories, cost=None) -> str:
     base_sps = timing.get(suite.baseline)
     n = len(seeds)
     lines = [*header, "", f"# {suite.title}", "",
@@ -385,6 +469,17 @@ def markdown(suite, args, header, seeds, arms, chosen, table, pairs, timing, cat
         sps = timing.get(label)
         cost = "-" if sps is None else f"{sps:.4f} ({sps / base_sps:.2f}x)" if base_sps else f"{sps:.4f}"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {cost} |")
+    if suite.served:
+        lines += ["", "Decode-time rows (no training): " + "; ".join(
+            f"{s.name} = " + ("the base build" if s.source is None else f"the {s.source} arm's model") +
+            f" served with `{served_spec(suite, s, chosen)}`" +
+            (" (chosen on val)" if s.grid else f" (the spec chosen for {s.same_as})") for s in suite.served) + "."]
+        if cost:
+            lines += ["", "Cost of answering one test-cp example on build " + str(seeds[0]) + " (choice scoring, "
+                      "side by side, fastest of 3 rounds): " + ", ".join(
+                          f"{k} {v['seconds_per_example'] * 1000:.1f} ms ({v['vs_plain']:.2f}x)"
+                          for k, v in cost.items()) + ". A contrastive fix runs a second, image-free (or noised-"
+                      "image) branch: one extra forward token per generated token plus that branch's prompt."]
     if suite.notes:
         lines += ["", *suite.notes(table, suite)]
     if pairs:

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import evals
-from harness import WORK, Arm, Suite
+from harness import WORK, Arm, Served, Suite
 
 
 def biased_build(seed: int) -> str:
@@ -93,6 +93,11 @@ RECIPES = Suite(
     untrained={"before fine-tuning": biased_build,
                "zoo:shapes-p00 (unbiased, not fine-tuned)": lambda seed: "zoo:shapes-p00"},
     notes=_gap_notes,
+    # the zero-training control: the base build served with image-contrastive decoding (mbias.decoding), its alpha
+    # chosen on val by the same rule; and the combination, poe's model served with the same decoding
+    served=(Served("contrastive decoding", grid=("contrastive:alpha=0.5", "contrastive:alpha=1",
+                                                 "contrastive:alpha=2")),
+            Served("poe + contrastive decoding", source="poe", same_as="contrastive decoding")),
 )
 
 _SPEED_SETUP = ("Every parameter trained on synth:shapes-p90/train, 800 steps x batch 64, cosine "

@@ -85,3 +85,35 @@ def test_compare_writes_one_folder_with_provenance_and_k_of_n(monkeypatch, tmp_p
     assert "/4" in fix_row and "1.50x" in fix_row
     saved = json.loads((tmp_path / "toy" / "compare.json").read_text())
     assert saved["provenance"]["command"] and saved["rows"]["fix"]["test-cp vs plain"]["n_builds"] == 4
+
+
+def test_selection_applies_one_rule_to_arms_and_decode_rows(monkeypatch, tmp_path):
+    from harness import Served
+
+    suite = _suite(served=(Served("decoded", grid=("contrastive:alpha=1", "contrastive:alpha=2")),))
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)
+    monkeypatch.setattr(harness, "write_chosen_config", lambda *a: None)
+    val = {  # (val-balanced, val): the floor is plain's first setting's val (0.9) minus 0.02
+        "plain": {'{"learning_rate": 0.001}': (0.6, 0.9), '{"learning_rate": 0.003}': (0.7, 0.95)},
+        "fix": {"{}": (0.65, 0.9), '{"recipe_config": {"a": 1}}': (0.9, 0.8)},  # the better one loses val: out
+        "decoded": {"contrastive:alpha=1": (0.7, 0.89), "contrastive:alpha=2": (0.75, 0.85)},
+    }
+
+    def fake(kind):
+        def run(suite_, arm, seed, setting, evaluator, args, *rest):
+            key = setting if isinstance(setting, str) else json.dumps(setting, sort_keys=True)
+            vb, v = val[arm.name][key]
+            res = {"val-balanced": {"correct": [1.0] * int(vb * 100) + [0.0] * (100 - int(vb * 100))},
+                   "val": {"correct": [1.0] * int(v * 100) + [0.0] * (100 - int(v * 100))}}
+            return (res, 0.1) if kind == "arm" else res
+        return run
+
+    monkeypatch.setattr(harness, "run_arm", fake("arm"))
+    monkeypatch.setattr(harness, "run_served", lambda s, served, seed, spec, source, ev, args:
+                        fake("served")(s, served, seed, spec, ev, args))
+    harness.select(suite, _args())
+    chosen = json.loads((tmp_path / "toy" / "selection.json").read_text())["chosen"]
+    assert chosen["plain"]["setting"] == {"learning_rate": 3e-3}
+    assert chosen["fix"]["setting"] == {}  # the higher val-balanced setting fell below the floor
+    assert chosen["decoded"]["setting"] == "contrastive:alpha=1"  # alpha=2 fell below it too
+    assert harness.chosen_settings(suite)["decoded"] == "contrastive:alpha=1"
