@@ -111,21 +111,32 @@ def train(model, data, out: str | Path, *, config: FinetuneConfig | None = None,
 
 
 def write_monitor(history: list[dict], out: Path, config: FinetuneConfig) -> None:
-    """monitor.jsonl (one line per measurement) and the reliance curve, as a table, in the folder's README.md."""
+    """monitor.jsonl (one line per measurement), the reliance curve drawn (reliance.png) and, in the folder's
+    README.md, the curve and its numbers as a table."""
+    from mbias.finetune.monitor import plot_reliance
+
     (out / "monitor.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    columns = [("mbias/follows_text", "follows the wording"), ("mbias/language_share", "language share"),
-               ("mbias/accuracy", "accuracy")]
+    picture = plot_reliance(history, out / "reliance.png")
+    columns = [("follows_text", "follows the wording"), ("language_share", "language share"),
+               ("accuracy", "accuracy")]
+    n = history[0].get("mbias/n_samples", config.monitor_samples) if history else config.monitor_samples
     lines = ["", "## Reliance during training (mbias)", "",
-             f"Audited every {config.monitor_every} steps on the first {config.monitor_samples} examples of "
-             f"`{config.monitor_data}` with the model being trained (`mbias.BiasMonitorCallback`; "
-             "`monitor.jsonl` has every number).", "",
-             "| step | " + " | ".join(label for _, label in columns) + " |",
-             "|---:|" + "---:|" * len(columns)]
+             f"Audited every {config.monitor_every} steps on {n:.0f} examples of `{config.monitor_data}` (the first "
+             f"{config.monitor_samples} asked for) with the model being trained (`mbias.BiasMonitorCallback`: "
+             "conflict rates and the modality Shapley share; `monitor.jsonl` has every number). Each cell is the "
+             "mean ± the half-width of its 95% bootstrap interval (clustered by image): the sampling error of that "
+             "many examples. The examples are the same at every step, so two steps share much of it.", ""]
+    if picture is not None:
+        lines += [f"![reliance during training]({picture.name})", ""]
+    lines += ["| step | " + " | ".join(label for _, label in columns) + " |", "|---:|" + "---:|" * len(columns)]
     for h in history:
-        cells = [f"{h[key]:.3f}" if key in h else "n/a" for key, _ in columns]
+        cells = [(f"{h['mbias/' + key]:.3f}" + (f" ± {h['mbias/' + key + '_ci95']:.3f}"
+                                                 if f"mbias/{key}_ci95" in h else ""))
+                 if f"mbias/{key}" in h else "n/a" for key, _ in columns]
         lines.append(f"| {h['step']} | " + " | ".join(cells) + " |")
     readme = out / "README.md"
     text = readme.read_text() if readme.exists() else ""
+    text = text.split("\n" + lines[1] + "\n")[0]  # a section from an earlier run into this folder goes
     readme.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
