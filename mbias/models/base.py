@@ -177,9 +177,10 @@ class Scorer(ScoringMixin):
     def patch_groups(self, prepared: Prepared, grid: int | None = None) -> geometry.PatchGroups:
         """The image players of ``prepared`` for a ``grid x grid`` partition (default: the config's)."""
         grid = grid or self.config.patch_grid
-        if grid not in prepared.group_cache:
-            prepared.group_cache[grid] = geometry.patch_groups(prepared.token_coords, grid)
-        return prepared.group_cache[grid]
+        pixel = self.config.masking == "pixel"  # every cell is a player: painting it changes the picture
+        if (grid, pixel) not in prepared.group_cache:
+            prepared.group_cache[(grid, pixel)] = geometry.patch_groups(prepared.token_coords, grid, all_cells=pixel)
+        return prepared.group_cache[(grid, pixel)]
 
     def _clean_token(self, token: str) -> str:
         return self.tokenizer.convert_tokens_to_string([token]) if token else token

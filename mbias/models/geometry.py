@@ -47,10 +47,11 @@ def token_cells(coords: torch.Tensor, grid: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PatchGroups:
-    """Image players for one grid: the non-empty cells, and which player each image token belongs to.
+    """Image players for one grid: the cells, and which player each image token belongs to.
 
-    Cells that hold no token centre (a grid finer than the token raster) are not players: they could only be
-    null players, and each one would cost forward passes.
+    With feature-level masking, cells that hold no token centre (a grid finer than the token raster) are not
+    players: they could only be null players, and each one would cost forward passes. With pixel-level masking
+    every cell is a player (``all_cells``), because painting any cell changes what the vision tower sees.
     """
 
     grid: int
@@ -62,9 +63,11 @@ class PatchGroups:
         return len(self.cells)
 
 
-def patch_groups(coords: torch.Tensor, grid: int) -> PatchGroups:
+def patch_groups(coords: torch.Tensor, grid: int, *, all_cells: bool = False) -> PatchGroups:
+    """The players of a grid x grid partition: the cells holding a token centre, or every cell (``all_cells``,
+    for pixel-level masking, where an empty cell's pixels still reach the tokens around it)."""
     cells = token_cells(coords, grid)
-    present = sorted(set(cells.tolist()))
+    present = list(range(grid * grid)) if all_cells else sorted(set(cells.tolist()))
     index = {c: i for i, c in enumerate(present)}
     return PatchGroups(grid, tuple(present), torch.tensor([index[c] for c in cells.tolist()], dtype=torch.long))
 

@@ -50,7 +50,7 @@ class Prepared(Encoded):
     token_coords: torch.Tensor | None = None  # [N, 2] (y, x) centre of each image token in the view box
     view_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
     baseline_features: dict[str, torch.Tensor] = field(default_factory=dict)
-    group_cache: dict[int, Any] = field(default_factory=dict)  # grid -> geometry.PatchGroups
+    group_cache: dict[tuple, Any] = field(default_factory=dict)  # (grid, pixel masking) -> geometry.PatchGroups
 
     @property
     def has_image(self) -> bool:
