@@ -44,7 +44,8 @@ import evals  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS, CONFIGS = HERE / "results", HERE / "configs"
-WORK = Path(os.environ.get("MBIAS_BENCH_WORK", "/tmp/mbias-bench"))
+# finished runs, kept between sessions (a suite on ten builds is hours of CPU): MBIAS_BENCH_WORK to move them
+WORK = Path(os.environ.get("MBIAS_BENCH_WORK", Path.home() / ".cache" / "mbias" / "bench"))
 VERSION = 1  # bump when training or evaluation changes in a way the cache keys do not see
 
 
@@ -324,7 +325,7 @@ def select(suite: Suite, args) -> None:
         {"provenance": provenance, "suite": suite.name, "floor": floor, "floor_arm": floor_label,
          "chosen": chosen, "rows": table, "seconds_per_step": timing, "n_val": args.n_val}, indent=2, default=str))
     lines = [*header, "", f"# {suite.title}: settings chosen on val", "",
-             f"{suite.base(0)} at run 0 (training seed 0), {suite.setup} One run per setting; val-balanced = "
+             f"{suite.base(0)} at run 0 (training seed 0). {suite.setup} One run per setting; val-balanced = "
              f"{evals.VAL['val-balanced']} (the cue predicts nothing), val = {evals.VAL['val']} (in-distribution), "
              f"{args.n_val} examples each, 95% bootstrap over examples. No test split is read. Every compared arm "
              f"had {next(iter(budget.values()))} settings.", "",
