@@ -149,11 +149,12 @@ def bootstrap_t(values: Sequence[float], *, level: float = 0.95, n_boot: int = N
     d = np.asarray(values, dtype=np.float64)
     n = len(d)
     mean = float(d.mean())
-    se = float(d.std(ddof=1)) / math.sqrt(n) if n >= 2 else 0.0
-    if se == 0:
+    # all equal: no spread (a float std of equal values is not always exactly 0, so ptp decides)
+    if n < 2 or np.ptp(d) == 0:
         return [mean, mean]
+    se = float(d.std(ddof=1)) / math.sqrt(n)
     b = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))]
-    ok = np.ptp(b, axis=1) > 0  # a resample of one value repeated has no spread (its float std is not always 0)
+    ok = np.ptp(b, axis=1) > 0  # a resample of one value repeated has no spread
     tstar = (b.mean(axis=1)[ok] - mean) / (b[ok].std(axis=1, ddof=1) / math.sqrt(n))
     alpha = (1 - level) / 2
     q_lo, q_hi = np.quantile(tstar, [alpha, 1 - alpha])

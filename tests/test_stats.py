@@ -148,3 +148,11 @@ def test_the_chosen_interval_covers_and_the_bootstrap_over_three_builds_does_not
         lo, hi = bootstrap_hierarchical(per_example, n_boot=200, seed=rep)["ci95"]
         hits += lo <= truth <= hi
     assert hits / 150 < 0.87  # 0.78 in the full run
+
+
+def test_an_interval_over_equal_builds_is_the_value_itself():
+    # ten builds of one unchanging model (an untrained reference row): floats whose std is not exactly 0
+    from mbias.stats import across_builds
+
+    stat = across_builds([0.1 + 0.2] * 10)
+    assert stat["ci95"] == pytest.approx([0.3, 0.3]) and stat["k_positive"] == 10
