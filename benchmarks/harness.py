@@ -468,13 +468,14 @@ def markdown(suite, args, header, seeds, arms, chosen, table, pairs, timing, cat
         else:
             cells = [fmt(r[m]) for m in suite.columns]
         sps = timing.get(label)
-        cost = "-" if sps is None else f"{sps:.4f} ({sps / base_sps:.2f}x)" if base_sps else f"{sps:.4f}"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {cost} |")
-    if suite.served:
+        step = "-" if sps is None else f"{sps:.4f} ({sps / base_sps:.2f}x)" if base_sps else f"{sps:.4f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {step} |")
+    if any(s.name in table for s in suite.served):
         lines += ["", "Decode-time rows (no training): " + "; ".join(
             f"{s.name} = " + ("the base build" if s.source is None else f"the {s.source} arm's model") +
             f" served with `{served_spec(suite, s, chosen)}`" +
-            (" (chosen on val)" if s.grid else f" (the spec chosen for {s.same_as})") for s in suite.served) + "."]
+            (" (chosen on val)" if s.grid else f" (the spec chosen for {s.same_as})") for s in suite.served
+            if s.name in table) + "."]
         if cost:
             lines += ["", "Cost of answering one test-cp example on build " + str(seeds[0]) + " (choice scoring, "
                       "side by side, fastest of 3 rounds): " + ", ".join(
