@@ -62,8 +62,8 @@ def broken_model(kind: str) -> str:
 
 def cue_following(out: Path, split: str) -> dict:
     """How often the audited model's answer is the wording's answer (the cue the synthetic split declares)."""
-    from mbias.diagnose.store import read_records
     from mbias.stats import bootstrap_mean
+    from mbias.store import read_records
     from mbias.synth import load_synth
 
     data = load_synth(f"shapes-p90/{split}")

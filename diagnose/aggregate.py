@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mbias.diagnose.verdict import verdict
 from mbias.stats import bootstrap_mean
+from mbias.verdict import verdict
 
 SCHEMA_VERSION = 1
 

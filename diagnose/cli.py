@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
 from mbias.api import audit
 from mbias.config import build_config, load_yaml, values_from_args
 from mbias.diagnose.config import AuditConfig
 from mbias.models.config import LoadOptions, ScoringConfig
 
-logger = logging.getLogger(__name__)
-
 
 def audit_config_from_args(args) -> AuditConfig:
     file_values = load_yaml(args.config) if args.config else {}
-    if "adapter" in file_values:  # the section's name before "adapter" came to mean a PEFT adapter only
-        logger.warning("%s: the 'adapter:' section is now 'scoring:'; please rename it", args.config)
-        file_values.setdefault("scoring", file_values.pop("adapter"))
     scoring_values = dict(file_values.pop("scoring", {}) or {})
     scoring_values.update(values_from_args(args, ScoringConfig))
     cli = {"scoring": build_config(ScoringConfig, scoring_values, where=args.config or "flags")}

@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from mbias.diagnose import store
+from mbias import store
 from mbias.diagnose.aggregate import summarize
 from mbias.diagnose.config import AuditConfig, build_probes
 from mbias.errors import ConfigError, DataError

@@ -3,7 +3,7 @@
 The four coalitions of the two-player game (``mbias.variants.SHAPLEY_VARIANTS``): full, question masked (the
 image alone), image masked by the whole-image baseline (the question alone), both masked. From their values the
 per-sample Shapley values follow exactly, with the same formula the audit uses
-(``mbias.probes.modality_shapley.two_player_shapley``).
+(``mbias.shapley.two_player_shapley``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from mbias.finetune.data import MB, answer_forward, choice_logits, model_inputs
-from mbias.probes.modality_shapley import two_player_shapley
+from mbias.shapley import two_player_shapley
 from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED, SHAPLEY_VARIANTS
 
 

@@ -113,7 +113,7 @@ class AuditResult:
     def save(self, folder: str | Path, *, report: bool = True) -> Path:
         """Write the folder ``mbias audit --out`` writes: manifest.json, results.jsonl, summary.json and, with
         ``report``, report.html, report.md, model_card.md and plots/. Returns the folder."""
-        from mbias.diagnose import store
+        from mbias import store
         from mbias.outdir import check_out_dir
 
         folder = check_out_dir(folder)

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import logging
 import math
 import typing
 from pathlib import Path
 from typing import Any
 
 from mbias.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def _field_type(cls, f: dataclasses.Field):
@@ -142,20 +139,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of field: value at the top level")
     return data
-
-
-def to_dict(obj) -> dict[str, Any]:
-    """Plain-data view of a config dataclass, for manifests and YAML."""
-    return dataclasses.asdict(obj)
-
-
-def dump_yaml_template(*classes) -> str:
-    """A YAML file listing every field of ``classes`` with its default and help, for users to copy."""
-    lines = []
-    for cls in classes:
-        lines.append(f"# {cls.__name__}")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"# {f.metadata.get('help', '')}")
-            lines.append(f"{f.name}: {default!r}" if isinstance(default, str) else f"{f.name}: {default}")
-    return "\n".join(lines) + "\n"

@@ -9,15 +9,20 @@ it evaluated, the unit its cost is compared in.
 - ``permutation_shapley``: Monte-Carlo over permutations, antithetic pairs (each permutation with its reverse)
   for variance reduction, all prefix coalitions of all permutations deduplicated and batched. Each permutation
   telescopes, so the estimate satisfies efficiency (sum phi = v(N) - v({})) exactly.
+- ``two_player_shapley``: the closed form for two players (image, text), from the four coalitions' values; the
+  audit's ``modality_shapley`` probe and the fine-tuning signals (``finetune/signals.py``) share it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -29,9 +34,22 @@ class ShapleyResult:
     estimator: str
 
 
+def two_player_shapley(v_both, v_img, v_txt, v_none):
+    """(phi_img, phi_txt) from the values of {I,T}, {I}, {T}, {} (floats, or tensors of per-sample values)."""
+    phi_img = 0.5 * ((v_both - v_txt) + (v_img - v_none))
+    phi_txt = 0.5 * ((v_both - v_img) + (v_txt - v_none))
+    return phi_img, phi_txt
+
+
 def _masks_to_bool(codes: np.ndarray, n: int) -> torch.Tensor:
     bits = (codes[:, None].astype(np.int64) >> np.arange(n, dtype=np.int64)[None, :]) & 1
-    return torch.from_numpy(bits.astype(bool))
+    return _from_numpy(bits.astype(bool))
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    import torch  # here, not at the top: the reports load the probes (two_player_shapley) without torch
+
+    return torch.from_numpy(array)
 
 
 def _evaluate(value_fn, codes: np.ndarray, n: int, batch_size: int) -> dict[int, float]:
@@ -77,7 +95,7 @@ def permutation_shapley(value_fn, n: int, n_permutations: int, *, rng: np.random
     unique, inverse = np.unique(prefixes.reshape(-1, n), axis=0, return_inverse=True)
     values = np.empty(len(unique))
     for i in range(0, len(unique), batch_size):
-        out = value_fn(torch.from_numpy(unique[i:i + batch_size]))
+        out = value_fn(_from_numpy(unique[i:i + batch_size]))
         values[i:i + batch_size] = out.detach().float().cpu().numpy()
     vals = values[inverse.reshape(m, n + 1)]
     marg = np.diff(vals, axis=1)  # [m, n]: marginal of the k-th player added

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from mbias.display import fmt
 from mbias.errors import ConfigError
 from mbias.probes.base import AWAY, KEEP, MASK, PROBES, REMOVED, Measure, Plot, Probe, SampleContext, Series
+from mbias.shapley import two_player_shapley
 from mbias.stats import bootstrap_mean, ratio_share
 
 VALUES = ("auto", "logprob", "choice", "acc")
@@ -47,13 +48,6 @@ class ModalityShapleyConfig:
             raise ConfigError(f"image_absent must be baseline or removed, not {self.image_absent!r}")
         if self.value not in VALUES:
             raise ConfigError(f"value must be one of {', '.join(VALUES)}, not {self.value!r}")
-
-
-def two_player_shapley(v_both: float, v_img: float, v_txt: float, v_none: float) -> tuple[float, float]:
-    """(phi_img, phi_txt) from the values of {I,T}, {I}, {T}, {}."""
-    phi_img = 0.5 * ((v_both - v_txt) + (v_img - v_none))
-    phi_txt = 0.5 * ((v_both - v_img) + (v_txt - v_none))
-    return phi_img, phi_txt
 
 
 def shares(phi_img: float, phi_txt: float) -> tuple[float | None, float | None]:

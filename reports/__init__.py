@@ -21,7 +21,7 @@ def _load_summary(folder: Path) -> dict:
         summary = json.loads(path.read_text())
     except ValueError as exc:
         raise MbiasError(f"{path} is not valid JSON ({exc}); rerun the audit to rewrite it") from None
-    from mbias.diagnose.store import summary_problem  # Issue 31: say what an edited summary.json breaks
+    from mbias.store import summary_problem  # Issue 31: say what an edited summary.json breaks
 
     problem = summary_problem(summary)
     if problem:
@@ -31,7 +31,7 @@ def _load_summary(folder: Path) -> dict:
 
 def _records(folder: Path) -> list[dict]:
     """The audit's per-sample records (a torn last line, from an interrupted run, is left out)."""
-    from mbias.diagnose.store import all_records
+    from mbias.store import all_records
 
     return all_records(folder)
 

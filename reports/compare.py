@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mbias.diagnose.verdict import verdict
 from mbias.probes.base import AWAY, DOWN, UP, Measure
 from mbias.reports import _load_summary, _records, plots
 from mbias.reports.content import (
@@ -33,6 +32,7 @@ from mbias.reports.content import (
 )
 from mbias.reports.render import render
 from mbias.stats import bootstrap_diff, bootstrap_mean
+from mbias.verdict import verdict
 
 ACCURACY = Measure("correct", "accuracy", UP)
 HEADLINE = ("follows_text", "correct", "language_share")  # what the headline sentence reports, in this order

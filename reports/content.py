@@ -44,7 +44,7 @@ class Section:
 
 
 SEVERITY_WORDS = {"slight": "slightly {side}-reliant", "moderate": "{side}-reliant", "severe": "{side}-dominant",
-                  # a span: the rate's interval covers two or three bands (diagnose/verdict.py, severity)
+                  # a span: the rate's interval covers two or three bands (mbias/verdict.py, severity)
                   "slight-moderate": "slightly to moderately {side}-reliant",
                   "moderate-severe": "{side}-reliant to {side}-dominant",
                   "slight-severe": "slightly {side}-reliant to {side}-dominant"}
@@ -64,7 +64,7 @@ def verdict_label(v: dict) -> str:
 
 def span_phrase(v: dict) -> str:
     """Why a severity is a span: the deciding rate's interval crosses a cut point between bands ('' otherwise)."""
-    from mbias.diagnose.verdict import SEVERITY
+    from mbias.verdict import SEVERITY
 
     low, sep, high = (v.get("severity") or "").partition("-")
     if not sep or v.get("rests_on") is None or not has_conflict_evidence(v):

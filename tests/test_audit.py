@@ -234,7 +234,7 @@ def test_a_rebuilt_zoo_model_does_not_resume_the_old_models_results(monkeypatch)
 
 
 def test_torn_last_line_is_repaired(tmp_path):
-    from mbias.diagnose.store import read_records
+    from mbias.store import read_records
 
     path = tmp_path / "results.jsonl"
     path.write_text('{"id": "a", "index": 0}\n{"id": "b", "ind')

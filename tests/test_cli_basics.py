@@ -285,18 +285,6 @@ def test_audit_maps_the_columns_of_a_saved_hf_dataset(tiny_model_dir, tmp_path, 
     assert [r["id"] for r in records] == ["3", "4"] and {r["prediction"] for r in records} <= {"A", "B"}
 
 
-def test_the_old_adapter_section_of_an_audit_config_is_read_as_scoring(tmp_path, caplog):
-    import argparse
-
-    from mbias.diagnose.cli import audit_config_from_args
-
-    cfg = tmp_path / "audit.yaml"
-    cfg.write_text("adapter:\n  patch_grid: 3\n")
-    args = argparse.Namespace(config=str(cfg), probes=None, max_samples=None, seed=None, columns=None)
-    config = audit_config_from_args(args)
-    assert config.scoring.patch_grid == 3 and "'adapter:' section is now 'scoring:'" in caplog.text
-
-
 def test_dtype_auto_means_the_checkpoints_own_as_in_transformers(tiny_model_dir, tmp_path):
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor

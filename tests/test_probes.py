@@ -177,8 +177,8 @@ def test_summaries_resample_images_not_questions(llava, shapes_image):
 def _verdict_of(scorer, examples, swap_image):
     """The audit's verdict over ``examples`` from modality_shapley and conflict (question alone = the baseline
     image, so a model that cannot see gives exactly its full answer)."""
-    from mbias.diagnose.verdict import verdict
     from mbias.probes.conflict import ConflictConfig
+    from mbias.verdict import verdict
 
     probes = {"modality_shapley": PROBES.get("modality_shapley")(),
               "conflict": PROBES.get("conflict")(ConflictConfig(image_absent="baseline"))}

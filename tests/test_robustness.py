@@ -349,7 +349,7 @@ def test_two_audits_racing_into_one_folder_leave_it_consistent(tiny_llava, tmp_p
             assert rc == 2 and "is in use by another mbias audit" in err.strip().splitlines()[-1], err[-2000:]
     ids = [json.loads(line)["id"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(ids) == 6 and len(set(ids)) == 6
-    from mbias.diagnose.store import summary_problem
+    from mbias.store import summary_problem
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary_problem(summary) is None and summary["n_samples"] == 6

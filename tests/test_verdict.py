@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mbias.diagnose.verdict import FOLLOW_FLOOR, MIN_CONFLICTS, SHARE_EXTREME, verdict
 from mbias.reports.content import verdict_label, verdict_sentence
+from mbias.verdict import FOLLOW_FLOOR, MIN_CONFLICTS, SHARE_EXTREME, verdict
 
 
 def stat(mean, lo=None, hi=None, n=100):
@@ -68,8 +68,8 @@ def test_every_severity_is_in_the_schema_and_has_words():
     import json
     from pathlib import Path
 
-    from mbias.diagnose.verdict import SEVERITIES
     from mbias.reports.content import SEVERITY_WORDS
+    from mbias.verdict import SEVERITIES
 
     schema = json.loads((Path(__file__).parents[1] / "reports" / "summary.schema.json").read_text())
     enum = schema["properties"]["verdict"]["properties"]["severity"]["enum"]

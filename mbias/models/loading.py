@@ -1,4 +1,4 @@
-"""Resolve a model reference (hub id, local folder, ``zoo:NAME``) and load it behind the right scorer."""
+"""Load a model reference (hub id, local folder, ``zoo:NAME``: resolved by ``mbias.refs``) behind the right scorer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -16,29 +15,9 @@ from mbias.models.base import Scorer, image_token_id
 from mbias.models.config import DEVICE_MAP_STRATEGIES, LoadOptions, ScoringConfig
 from mbias.models.families import scorer_class_for, supported_families
 from mbias.models.routing import ROUTING_FILE, attach_routes, routing_record
+from mbias.refs import resolve_model_ref
 
 logger = logging.getLogger(__name__)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def resolve_model_ref(ref: str) -> str:
-    """A local folder path or hub id for ``ref``; ``zoo:NAME`` builds the zoo model if needed."""
-    if ref.startswith("zoo:"):
-        from mbias.zoo import zoo_model_path
-
-        return str(zoo_model_path(ref[4:]))
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelLoadError(f"{ref} is a file; pass the model folder (the one with config.json)")
-        if not (path / "config.json").exists():
-            raise ModelLoadError(f"{ref} has no config.json, so it is not a saved model folder; pass the folder "
-                                 "written by save_pretrained, a hub id, or zoo:NAME")
-        return str(path)
-    if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
-        raise ModelLoadError(f"no model folder at {ref}; check the path, or pass a hub id (org/name) or zoo:NAME")
-    return ref
 
 
 def pick_device(device: str):
