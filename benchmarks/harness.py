@@ -400,12 +400,13 @@ def compare(suite: Suite, args) -> None:
                               **{m: round(_mean(evals.values(results[arm.name][s], m)), 3) for m in suite.columns},
                               "seconds": round(time.perf_counter() - t, 1)}), flush=True)
         timing[arm.name] = float(np.mean(per))
-    for served in suite.served if not args.arms else ():
+    names = {a.name for a in arms}
+    for served in [s for s in suite.served if s.source is None or s.source in names]:
         spec = served_spec(suite, served, chosen)
         source = None if served.source is None else chosen[served.source]
         results[served.name] = {s: run_served(suite, served, s, spec, source, suite.evaluate, args) for s in seeds}
         print(json.dumps({"served": served.name, "decode": spec}), flush=True)
-    cost = decode_cost(suite, chosen, seeds[0], args) if suite.served and not args.arms else {}
+    cost = decode_cost(suite, chosen, seeds[0], args) if any(s.name in results for s in suite.served) else {}
     categories = sorted(set(results[suite.baseline][seeds[0]]["test-cp"]["category"]))
     by_type = [f"{split}/{c}" for split in suite.per_type for c in categories]
     metrics = list(suite.columns) + by_type
