@@ -124,9 +124,9 @@ def audit_paths(model: str, samples: int, repeats: int) -> dict:
     import torch
 
     from mbias.data import load_data
+    from mbias.diagnose.batched import BatchedAudit
     from mbias.diagnose.config import AuditConfig, build_probes
     from mbias.diagnose.runner import audit_records, eval_mode
-    from mbias.diagnose.batched import BatchedAudit
     from mbias.finetune.monitor import CHEAP_PROBES
     from mbias.models import LoadOptions, load_model
 

@@ -116,9 +116,9 @@ def test_the_batched_records_are_the_audits_records_in_fewer_passes(tiny_model_d
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from mbias.data import load_rows
+    from mbias.diagnose.batched import BatchedAudit
     from mbias.diagnose.config import AuditConfig, build_probes
     from mbias.diagnose.runner import audit_records, eval_mode
-    from mbias.diagnose.batched import BatchedAudit
     from mbias.finetune.monitor import CHEAP_PROBES
 
     model_dir = tiny_model_dir("llava")
@@ -234,9 +234,9 @@ def test_ddp_two_processes_audit_their_shards_and_log_the_merged_numbers(tiny_mo
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from mbias.diagnose.batched import BatchedAudit
     from mbias.diagnose.config import AuditConfig, build_probes
     from mbias.diagnose.runner import eval_mode
-    from mbias.diagnose.batched import BatchedAudit
     from mbias.finetune.monitor import CHEAP_PROBES
 
     model_dir = tiny_model_dir("llava")
