@@ -164,7 +164,7 @@ def train(suite: Suite, arm: Arm, seed: int, setting: dict) -> tuple[Path, float
 def evaluate(model_dir: Path | str, evaluator, args, cache: Path, decode: str | None = None) -> dict:
     """``evaluator`` on the model at ``model_dir`` (served through ``decode`` when given), cached in the file
     ``cache`` under the evaluation's key."""
-    from mbias.decoding import with_decode
+    from mbias.decoded_scoring import with_decode
 
     key = _eval_key(evaluator, args, decode)
     if cache.exists():
@@ -432,7 +432,7 @@ def compare(suite: Suite, args) -> None:
 def decode_cost(suite: Suite, chosen: dict, seed: int, args, n: int = 100) -> dict:
     """Seconds per test-cp example of answering (choice scoring), plain and through each served row's decode, on
     build ``seed``'s base model, measured side by side (interleaved in rounds, each one's fastest round)."""
-    from mbias.decoding import with_decode
+    from mbias.decoded_scoring import with_decode
 
     scorer = load_scorer(suite.base(seed))
     examples = [scorer.prepare(ex) for ex in evals._split("test-cp", n)]

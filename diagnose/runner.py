@@ -114,7 +114,7 @@ def audit_model(model, processor, data, out: str | Path, *, config: AuditConfig 
                     "in_memory": type(model).__name__}
         held = model
     if config.decode:  # Issue 30: every score and generation of the audit goes through the decode-time fix
-        from mbias.decoding import with_decode
+        from mbias.decoded_scoring import with_decode
 
         scorer = with_decode(scorer, config.decode)
     if rank == 0:

@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from mbias.cli import main
+from mbias.decoded_scoring import choice_scores, with_decode
 from mbias.decoding import (
     ContrastBranchLogitsProcessor,
-    choice_scores,
     decoding_processors,
     fuse_logits,
     fused_logprobs,
     parse_decode,
-    with_decode,
 )
 from mbias.errors import ConfigError
 from mbias.example import Example
