@@ -79,6 +79,9 @@ class FinetuneConfig(TrainingArguments):
     save_strategy: str = field(default="no", metadata={"help": "no (only the final adapter) | steps | epoch; "
                                                                "checkpoints go to OUT/checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed for the LoRA init, data order and recipe randomness"})
+    max_grad_norm: float | None = field(default=None, metadata={
+        "help": "gradient clipping norm (0: none); unset: 1.0, or the recipe's published setting (cggm: 0.8), "
+                "said at start"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "kept False: recipes read extra batch "
                                                                          "fields"})
 
@@ -139,10 +142,11 @@ class FinetuneConfig(TrainingArguments):
         check_number(self, "warmup_steps", ge=0)
         check_number(self, "logging_steps", gt=0)
         check_number(self, "weight_decay", ge=0)
-        check_number(self, "max_grad_norm", ge=0)
+        check_number(self, "max_grad_norm", ge=0, optional=True)
         check_number(self, "lora_dropout", ge=0, lt=1)
         check_number(self, "seed", integer=True, ge=0)
-        super().__post_init__()
+        _check_sharding_has_gpus(self.use_cpu)
+        super().__post_init__()  # sets up accelerate's processes: after every check
 
     def mbias_dict(self) -> dict:
         """The settings a user chose that shape the run (for recipe.json): mbias's own fields and every Trainer
@@ -157,6 +161,20 @@ class FinetuneConfig(TrainingArguments):
             if f.name not in base or base[f.name] != value:
                 out[f.name] = value if isinstance(value, (int, float, str, bool, list, dict, type(None))) else str(value)
         return out
+
+
+def _check_sharding_has_gpus(use_cpu: bool) -> None:
+    """``accelerate launch`` with an FSDP config on a machine without GPUs (or with ``use_cpu``): accelerate
+    shards nothing there (with ``cpu: true`` its FSDP plugin is ignored; without, the processes never form a
+    group), so say so before it starts."""
+    import os
+
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and (use_cpu or not torch.cuda.is_available()):
+        raise ConfigError("accelerate does not shard models on CPU (launched with an FSDP config, but no GPU is in "
+                          "use): run it on GPUs, or launch without the FSDP config (--multi_gpu) for DDP, whose "
+                          "processes each hold the whole model (docs/scaling.md)")
 
 
 def renamed_keys(values: dict[str, Any], where: str) -> dict[str, Any]:

@@ -2,17 +2,20 @@
 
 Besides the model inputs (labels on the answer tokens only) a batch may carry, under ``mb_`` keys that the model
 never sees:
-- the unimodal variants (P1 in docs/recipes.md): question tokens replaced by the text baseline
-  (``mb_text_masked_ids``) and the whole-image baseline's vision inputs (``mb_blank__<key>``), same sequence
-  length, so one layout serves the full, image-only and text-only passes;
+- the ablated variants of ``mbias.variants`` (P1 in docs/recipes.md) the recipe's ``BatchSpec`` names: question
+  tokens replaced by the text baseline (``QUESTION_MASKED``: ``mb_question_masked_ids``) and the whole-image
+  baseline's vision inputs (``IMAGE_MASKED``: ``mb_image_masked__<key>``), same sequence length, so one layout
+  serves the full pass and both ablations;
 - a label space for recipes that need class distributions: the first token of each choice
   (``mb_choice_tokens``, padded, ``mb_choice_valid``) and the gold choice (``mb_gold``);
-- the same examples prompted without any image (``mb_noimage__<key>``: no image tokens, so another sequence
-  length), for recipes whose bias expert is the model reading the question alone;
+- the same examples prompted without any image (``IMAGE_REMOVED``: ``mb_noimage__<key>``, no image tokens, so
+  another sequence length), for recipes whose bias expert is the model reading the question alone;
 - whatever the recipe adds per batch (``Recipe.collate_extra``), e.g. a prior table's answer distributions.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -23,7 +26,34 @@ from mbias.models.batching import collate
 from mbias.variants import BASELINE, FULL, IMAGE_REMOVED, MASK
 
 MB = "mb_"
+QUESTION_MASKED_IDS = MB + "question_masked_ids"
+IMAGE_MASKED = MB + "image_masked__"  # + a vision input's key
 NOIMAGE = MB + "noimage__"
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What a recipe's step reads from a batch besides the full input: the variants of ``mbias.variants`` it
+    runs (any of ``QUESTION_MASKED``, ``IMAGE_MASKED``, ``BOTH_MASKED``, ``IMAGE_REMOVED``), the picture that
+    replaces the image where it is masked, and whether it needs the label space (each choice's first token and
+    the gold choice; multiple-choice data only). A recipe declares it (``Recipe.batch_spec``); the collator builds
+    exactly that."""
+
+    variants: frozenset = frozenset()
+    image_baseline: str = "blank"
+    choices: bool = False
+
+    @property
+    def question_masked(self) -> bool:
+        return any(v[1] == MASK for v in self.variants)
+
+    @property
+    def image_masked(self) -> bool:
+        return any(v[0] == BASELINE for v in self.variants)
+
+    @property
+    def image_removed(self) -> bool:
+        return IMAGE_REMOVED in self.variants
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -54,29 +84,28 @@ def check_label_space(examples, recipe_name: str, limit: int = 200) -> None:
 
 
 class RecipeCollator:
-    def __init__(self, scorer, *, unimodal: bool = False, label_space: bool = False, image_baseline: str = "blank",
-                 no_image: bool = False, extra=None):
-        self.scorer, self.unimodal, self.label_space = scorer, unimodal, label_space
-        self.image_baseline, self.no_image, self.extra = image_baseline, no_image, extra
+    """Encoded examples -> a recipe batch: the model inputs and what ``spec`` asks for, under ``mb_`` keys."""
+
+    def __init__(self, scorer, spec: BatchSpec = BatchSpec(), extra=None):
+        self.scorer, self.spec, self.extra = scorer, spec, extra
 
     def __call__(self, encoded: list) -> dict:
+        spec = self.spec
         batch = collate(self.scorer, encoded)
         out = dict(batch.model_inputs)
         out[MB + "answer_mask"] = batch.answer_mask
         out[MB + "question_mask"] = batch.question_mask
-        if self.unimodal:
-            masked = collate(self.scorer, encoded, mask_question=True)
-            out[MB + "text_masked_ids"] = masked.model_inputs["input_ids"]
-            if encoded[0].has_image:
-                blank = collate(self.scorer, encoded, image=self.image_baseline)
-                for key in batch.model_inputs:
-                    if key.startswith("pixel") or key in ("image_grid_thw", "image_sizes"):
-                        out[f"{MB}blank__{key}"] = blank.model_inputs[key]
-        if self.no_image and encoded[0].has_image:
+        if spec.question_masked:
+            out[QUESTION_MASKED_IDS] = collate(self.scorer, encoded, question_masked=True).model_inputs["input_ids"]
+        if spec.image_masked and encoded[0].has_image:
+            baseline = collate(self.scorer, encoded, image=spec.image_baseline)
+            out.update({IMAGE_MASKED + key: baseline.model_inputs[key] for key in batch.model_inputs
+                        if key in self.scorer.vision_keys})
+        if spec.image_removed and encoded[0].has_image:
             bare = collate(self.scorer, [self.scorer.encode(e.example, with_image=False) for e in encoded])
             out.update({NOIMAGE + k: v for k, v in bare.model_inputs.items() if k != "labels"})
             out[NOIMAGE + "answer_mask"] = bare.answer_mask
-        if self.label_space:
+        if spec.choices:
             out.update(self._label_space(encoded))
         if self.extra is not None:
             out.update(self.extra(encoded))
@@ -112,11 +141,11 @@ def model_inputs(inputs: dict, variant: tuple[str, str] = FULL) -> dict:
     out = {k: v for k, v in inputs.items() if not k.startswith(MB) and k != "labels"}
     image, question = variant
     if question == MASK:
-        out["input_ids"] = inputs[MB + "text_masked_ids"]
+        out["input_ids"] = inputs[QUESTION_MASKED_IDS]
     if image == BASELINE:
         for key in list(out):
-            if f"{MB}blank__{key}" in inputs:
-                out[key] = inputs[f"{MB}blank__{key}"]
+            if IMAGE_MASKED + key in inputs:
+                out[key] = inputs[IMAGE_MASKED + key]
     return out
 
 

@@ -90,8 +90,11 @@ def train(model, data, out: str | Path, *, config: FinetuneConfig | None = None,
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t0
     out = Path(out)
+    if save and trainer.is_fsdp_enabled:  # every process takes part in gathering the shards
+        trainer.save_model(str(out))
     if save and trainer.is_world_process_zero():
-        trainer.model.save_pretrained(out)
+        if not trainer.is_fsdp_enabled:
+            trainer.model.save_pretrained(out)
         if is_routed(trainer.model):
             mark_routed(out)
         if config.tune == "full":  # a model folder loads with its processor
@@ -155,6 +158,10 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
 
     load = load or LoadOptions()
     out = check_out_dir(out)
+    if (load.load_in_4bit or load.load_in_8bit) and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ConfigError("a 4/8-bit base under FSDP is not supported: sharding bitsandbytes' packed weights has "
+                          "never run in mbias's tests; use QLoRA with DDP (accelerate launch --multi_gpu), or FSDP "
+                          "in bf16 without --load-in-4bit (docs/scaling.md)")
     if load.device_map is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--device-map splits one model over GPUs in one process; accelerate cannot also run it "
                           "data-parallel: launch one process, or drop --device-map and let each process hold a copy")
@@ -163,7 +170,8 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
     read = load_data if isinstance(data, str) else load_rows
     examples = read(data, on_error=on_error, max_samples=config.max_train_samples, columns=config.columns).examples
     recipe.bind_data(examples)
-    if recipe.needs_label_space:
+    spec = recipe.batch_spec()
+    if spec.choices:
         check_label_space(examples, config.recipe)
     eval_examples = None
     eval_ref = config.eval_data or (data.rsplit("/", 1)[0] + "/val"
@@ -220,16 +228,20 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
         log_path.unlink()
     # the user's TrainingArguments, with what mbias decides: where checkpoints go, the step count, the device
     # (a fresh instance: TrainingArguments sets up devices and processes from use_cpu when it is made)
+    max_grad_norm = config.max_grad_norm
+    if max_grad_norm is None:  # the user chose none: the recipe's published clip, said aloud, or transformers' 1.0
+        max_grad_norm = recipe.max_grad_norm if recipe.max_grad_norm is not None else 1.0
+        if recipe.max_grad_norm is not None:
+            logger.warning("recipe %s clips gradients at norm %s (its published setting); --max-grad-norm sets "
+                           "another", config.recipe, max_grad_norm)
     args = dataclasses.replace(
-        config, output_dir=str(ckpt_dir), max_steps=steps,
+        config, output_dir=str(ckpt_dir), max_steps=steps, max_grad_norm=max_grad_norm,
         data_seed=config.seed if config.data_seed is None else config.data_seed,
         use_cpu=config.use_cpu or scorer.device.type == "cpu",
         disable_tqdm=config.disable_tqdm or not progress)  # TrainingArguments has already made None a bool
     trainer = BalancedTrainer(
         model=peft_model, args=args, train_dataset=dataset,
-        data_collator=RecipeCollator(scorer, unimodal=recipe.needs_unimodal, label_space=recipe.needs_label_space,
-                                     no_image=recipe.needs_no_image, image_baseline=recipe.image_baseline,
-                                     extra=recipe.collate_extra),
+        data_collator=RecipeCollator(scorer, spec, extra=recipe.collate_extra),
         recipe=recipe, modality_of=modality_of, log_path=log_path, scorer=scorer, eval_examples=eval_examples,
         resume_checkpoint=str(resume_from) if resume_from else None,
     )

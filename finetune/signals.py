@@ -34,7 +34,7 @@ def variant_values(model, inputs: dict, value: str, variants=SHAPLEY_VARIANTS) -
     stacked = stacked_inputs(inputs, variants)
     sums, _, first = answer_forward(model, stacked, FULL)
     if value == "accuracy":
-        vals = (choice_logits(first, stacked).argmax(-1) == stacked["mb_gold"]).float()
+        vals = (choice_logits(first, stacked).argmax(-1) == stacked[MB + "gold"]).float()
     else:
         vals = sums.float()
     return dict(zip(variants, vals.chunk(len(variants)), strict=True))

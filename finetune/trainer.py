@@ -24,6 +24,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from mbias.errors import ConfigError, Interrupted
+from mbias.finetune.step import StepContext
 from mbias.models.routing import activate_routes, is_routed
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,12 @@ class BalancedTrainer(Trainer):
     def __init__(self, *args, recipe, modality_of: dict[str, str], log_path: Path, scorer, eval_examples=None,
                  resume_checkpoint: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.is_fsdp_enabled and not getattr(self.accelerator, "is_fsdp2", False):
+            raise ConfigError("mbias fine-tunes under FSDP2 (per-parameter sharding), which every recipe is tested "
+                              "under; set fsdp_version: 2 in the accelerate config (docs/scaling.md has one ready)")
         recipe.check_launcher(self.launcher)
+        check_accumulation(recipe, self.launcher, self.args.gradient_accumulation_steps,
+                           self.accelerator.gradient_state)
         self.mbias_scorer = scorer  # scores the model being trained (LoRA is injected into its modules)
         self.mbias_eval_examples = eval_examples
         self._resume_checkpoint = resume_checkpoint
@@ -52,7 +58,7 @@ class BalancedTrainer(Trainer):
         self.add_callback(_RecipeStateCallback(self))
         for cb in recipe.callbacks():
             self.add_callback(cb)
-        recipe.setup(self)
+        recipe.setup(TrainerContext(self))
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """The Trainer's ``train``, marked in progress until it ends, and stopped cleanly by SIGTERM (module
@@ -91,31 +97,11 @@ class BalancedTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(opt_model))
-        groups: dict[tuple[str, bool], list] = {}
-        for name, p in opt_model.named_parameters():
-            if not p.requires_grad:
-                continue
-            key = (self.modality_of.get(_strip(name), "language"), name in decay)
-            groups.setdefault(key, []).append(p)
-        param_groups = [{"params": ps, "weight_decay": self.args.weight_decay if d else 0.0, "modality": m}
-                        for (m, d), ps in sorted(groups.items())]
+        param_groups = modality_param_groups(opt_model, self.modality_of, self.get_decay_parameter_names(opt_model),
+                                             self.args.weight_decay)
         cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         self.optimizer = cls(param_groups, **kwargs)
         return self.optimizer
-
-    def group_indices(self, modality: str) -> list[int]:
-        return [i for i, g in enumerate(self.optimizer.param_groups) if g.get("modality") == modality]
-
-    def scale_step_lr(self, modality: str, factor: float) -> None:
-        """Scale the learning rate of ``modality``'s groups for the coming optimizer step only (the scheduler
-        sets every group's rate afresh at its next step)."""
-        last = self.lr_scheduler.get_last_lr()
-        for i in self.group_indices(modality):
-            self.optimizer.param_groups[i]["lr"] = last[i] * factor
-
-    def params_of(self, modality: str) -> list[torch.nn.Parameter]:
-        return [p for i in self.group_indices(modality) for p in self.optimizer.param_groups[i]["params"]]
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -146,6 +132,64 @@ class BalancedTrainer(Trainer):
                  "time": time.time()}
         with open(self.log_path, "a") as fh:
             fh.write(json.dumps(entry) + "\n")
+
+
+def check_accumulation(recipe, launcher: str, steps: int, gradient_state) -> None:
+    """ConfigError when FSDP2 would hide the micro-batch gradients ``recipe``'s step reads: under accumulation,
+    accelerate's FSDP2 reduces gradients into the shards only at the last micro-batch (unless ``sync_each_batch``)."""
+    if (launcher == "fsdp" and steps > 1 and recipe.reads_gradients
+            and not gradient_state.plugin_kwargs.get("sync_each_batch", False)):
+        raise ConfigError(f"recipe {recipe.name!r} reads each micro-batch's gradient, which FSDP reduces only at "
+                          "the last micro-batch of an accumulation: add 'accelerator_config: "
+                          "{gradient_accumulation_kwargs: {sync_each_batch: true}}' to the fine-tune config, or "
+                          "use gradient_accumulation_steps 1")
+
+
+def modality_param_groups(model, modality_of: dict[str, str], decay_names, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups: one per (modality, weight decay) of the trainable parameters, each with
+    its ``modality`` (what ``StepContext.params_of`` and the recipes' learning-rate factors read)."""
+    decay = set(decay_names)
+    groups: dict[tuple[str, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((modality_of.get(_strip(name), "language"), name in decay), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if d else 0.0, "modality": m}
+            for (m, d), ps in sorted(groups.items())]
+
+
+class TrainerContext(StepContext):
+    """The ``StepContext`` of a ``BalancedTrainer`` run: the Trainer's public attributes, read when a step asks
+    (the Trainer wraps the model and makes the optimizer and schedule only once training starts)."""
+
+    def __init__(self, trainer: BalancedTrainer):
+        self.trainer = trainer
+        self.accelerator, self.scorer = trainer.accelerator, trainer.mbias_scorer
+        self.seed, self.eval_examples = trainer.args.seed, trainer.mbias_eval_examples
+
+    @property
+    def model(self):
+        return self.trainer.model_wrapped if self.trainer.model_wrapped is not None else self.trainer.model
+
+    @property
+    def optimizer(self):
+        return self.trainer.optimizer
+
+    @property
+    def lr_scheduler(self):
+        return self.trainer.lr_scheduler
+
+    @property
+    def global_step(self) -> int:
+        return self.trainer.state.global_step
+
+    @property
+    def accumulation_steps(self) -> int:
+        t = self.trainer  # the last accumulation of an epoch may be shorter (the Trainer sets this per cycle)
+        return getattr(t, "current_gradient_accumulation_steps", t.args.gradient_accumulation_steps)
+
+    @property
+    def sharded(self) -> bool:
+        return self.trainer.is_fsdp_enabled
 
 
 def _strip(name: str) -> str:

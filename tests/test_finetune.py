@@ -128,11 +128,11 @@ def test_encoder_groups_leave_the_llm_to_a_shared_fusion_group(tiny_model_dir, t
                                config=_config("ogm_ge", tune="full", modality_groups="encoders"), progress=False)
     trainer.create_optimizer_and_scheduler(num_training_steps=1)
     embeddings = trainer.model.get_input_embeddings().weight
-    assert [p is embeddings for p in trainer.params_of("language")] == [True]
-    shared = {id(p) for p in trainer.params_of("shared")}
+    assert [p is embeddings for p in trainer.recipe.ctx.params_of("language")] == [True]
+    shared = {id(p) for p in trainer.recipe.ctx.params_of("shared")}
     assert all(id(p) in shared for p in trainer.model.get_decoder().layers.parameters())
     assert trainer.model.lm_head.weight is embeddings or id(trainer.model.lm_head.weight) in shared
-    vision = {id(p) for p in trainer.params_of("vision")}
+    vision = {id(p) for p in trainer.recipe.ctx.params_of("vision")}
     assert all(id(p) in vision for p in trainer.model.model.vision_tower.parameters())
     with pytest.raises(ConfigError, match="tune: full"):
         _config("ogm_ge", modality_groups="encoders")
@@ -374,7 +374,7 @@ def test_open_ended_answers_train_in_token_space_and_tables_refuse(tiny_model_di
                                         "answer": "a red square"}) + "\n" for i in range(8)))
     trainer, _ = build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "poe", config=_config("poe"),
                                progress=False)
-    assert trainer.recipe.expert.space == "tokens" and not trainer.recipe.needs_label_space
+    assert trainer.recipe.expert.space == "tokens" and not trainer.recipe.batch_spec().choices
     trainer.train()
     with pytest.raises(ConfigError, match="prior_table needs multiple-choice"):
         build_trainer(tiny_model_dir("llava"), str(data), tmp_path / "t",

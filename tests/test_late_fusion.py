@@ -19,14 +19,15 @@ def late_fusion(tiny_model_dir, tmp_path_factory):
     sys.path.insert(0, str(BENCHMARKS))
     from suites import build_late_fusion
 
-    from mbias.finetune.data import RecipeCollator
+    from mbias.finetune.data import BatchSpec, RecipeCollator
     from mbias.models import load_model
     from mbias.synth import load_synth
+    from mbias.variants import IMAGE_MASKED, QUESTION_MASKED
 
     folder = build_late_fusion(tiny_model_dir("llava"), tmp_path_factory.mktemp("late") / "model", seed=0)
     scorer = load_model(str(folder), device="cpu", trust_remote_code=True)
     examples = [load_synth("shapes-p90/test-cp")[i] for i in range(4)]
-    batch = RecipeCollator(scorer, unimodal=True)([scorer.encode(e) for e in examples])
+    batch = RecipeCollator(scorer, BatchSpec(variants=frozenset({QUESTION_MASKED, IMAGE_MASKED})))([scorer.encode(e) for e in examples])
     return scorer, examples, batch
 
 
@@ -48,13 +49,13 @@ def test_the_scorer_scores_what_the_recipes_train_on(late_fusion):
 
 
 def test_the_image_moves_only_the_first_answer_tokens_logits(late_fusion):
-    from mbias.finetune.data import RecipeCollator, answer_logits, first_of_row
-    from mbias.variants import FULL, IMAGE_MASKED
+    from mbias.finetune.data import BatchSpec, RecipeCollator, answer_logits, first_of_row
+    from mbias.variants import FULL, IMAGE_MASKED, QUESTION_MASKED
 
     scorer, examples, _ = late_fusion
     # answers of several tokens, so that the positions after the first are tested too
     longer = [dataclasses.replace(e, answer=f"a {e.answer} one", choices=None) for e in examples]
-    batch = RecipeCollator(scorer, unimodal=True)([scorer.encode(e) for e in longer])
+    batch = RecipeCollator(scorer, BatchSpec(variants=frozenset({QUESTION_MASKED, IMAGE_MASKED})))([scorer.encode(e) for e in longer])
     with torch.no_grad():
         full, _, rows, _ = answer_logits(scorer.model, batch, FULL)
         blank, _, _, _ = answer_logits(scorer.model, batch, IMAGE_MASKED)

@@ -259,27 +259,28 @@ def test_every_recipe_states_its_launchers_and_refuses_the_others():
         recipe = RECIPES.get(name)()
         recipe.check_launcher("single")
         recipe.check_launcher("ddp")
+        recipe.check_launcher("fsdp")  # FSDP2: tests/test_fsdp.py shows every recipe exact on shards
         for launcher in ("fsdp", "deepspeed"):
             if launcher in recipe.launchers:
                 continue
             with pytest.raises(ConfigError) as err:
                 recipe.check_launcher(launcher)
             msg = str(err.value)
-            assert "\n" not in msg and "one process or under DDP" in msg and f"recipe {name!r}" in msg
+            assert "\n" not in msg and "one process or under DDP or FSDP" in msg and f"recipe {name!r}" in msg
 
 
 def test_the_trainer_refuses_a_sharded_launch_before_training(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    """What `accelerate launch --use_fsdp` (or a DeepSpeed config) meets on a GPU machine: the trainer reports the
-    launcher, the recipe refuses it before any step, and the CLI prints one line with exit code 2."""
+    """What `accelerate launch` with a DeepSpeed config meets on a GPU machine: the trainer reports the launcher,
+    the recipe refuses it before any step, and the CLI prints one line with exit code 2."""
     from mbias.finetune.trainer import BalancedTrainer
 
-    monkeypatch.setattr(BalancedTrainer, "launcher", property(lambda self: "fsdp"))
+    monkeypatch.setattr(BalancedTrainer, "launcher", property(lambda self: "deepspeed"))
     monkeypatch.setattr(BalancedTrainer, "training_step", lambda *a, **k: pytest.fail("a step ran"))
     rc = main(["finetune", "--model", tiny_model_dir("llava"), "--data", DATA, "--recipe", "msam", "--max-steps",
                "1", "--out", str(tmp_path / "ft"), "--no-progress"])
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert rc == 2 and last.startswith("mbias: error: recipe 'msam' runs in one process or under DDP")
-    assert "not under FSDP: it perturbs whole weights" in last
+    assert rc == 2 and last.startswith("mbias: error: recipe 'msam' runs in one process or under DDP or FSDP")
+    assert "not under DeepSpeed: DeepSpeed's engine runs backward" in last
 
 
 def test_finetune_refuses_a_device_map_under_several_processes(tmp_path, monkeypatch):

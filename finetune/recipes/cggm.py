@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mbias.errors import ConfigError
-from mbias.finetune.data import answer_forward, first_answer_state
+from mbias.finetune.data import MB, BatchSpec, answer_forward, first_answer_state
 from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 
 
@@ -35,7 +35,6 @@ from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 class CGGMConfig(ModulationConfig):
     rho: float = field(default=1.3, metadata={"help": "gradient scale multiplier"})
     lam: float = field(default=0.1, metadata={"help": "weight of the direction term"})
-    clip: float = field(default=0.8, metadata={"help": "gradient clipping norm (replaces max_grad_norm)"})
     layer: int = field(default=-1, metadata={"help": "hidden-state index the heads read (-1: last layer)"})
     head_lr: float = field(default=5e-4, metadata={"help": "learning rate of the classifier heads"})
     b_max: float = field(default=3.0, metadata={"help": "B_m is clamped to [0, b_max]"})
@@ -46,8 +45,8 @@ class CGGMConfig(ModulationConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rho <= 0 or self.b_max <= 0 or self.clip <= 0:
-            raise ConfigError("rho, b_max and clip must be positive")
+        if self.rho <= 0 or self.b_max <= 0:
+            raise ConfigError("rho and b_max must be positive")
         if self.window < 1:
             raise ConfigError(f"window must be >= 1; got {self.window}")
 
@@ -75,6 +74,11 @@ class _Head(torch.nn.Module):
         return self.net(x)
 
 
+def _whole(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as a plain tensor: the whole of it, gathered from the processes' shards under FSDP2."""
+    return weight.full_tensor() if hasattr(weight, "full_tensor") else weight
+
+
 def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1)
@@ -83,11 +87,10 @@ def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @RECIPES.register("cggm")
 class CGGMRecipe(Recipe):
     config_class = CGGMConfig
-    needs_label_space = True
+    batch = BatchSpec(choices=True)
+    max_grad_norm = 0.8  # the released code's clip
     description = "Gradient magnitudes steered by how fast per-modality classifier heads improve, plus a " \
                   "direction term."
-    refused_because = ("it scales each modality's step between backward and the optimizer step, which DeepSpeed's "
-                       "engine fuses, and no GPU run has tested it under FSDP")
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -95,14 +98,11 @@ class CGGMRecipe(Recipe):
         self.head_opt = None
         self.history = {"vision": [], "language": []}  # each head's last 2 * window batch accuracies
 
-    def setup(self, trainer):
-        super().setup(trainer)
-        trainer.args.max_grad_norm = self.config.clip
-        model = trainer.model
-        dim = model.get_output_embeddings().weight.shape[1]
-        dev = next(model.parameters()).device
-        torch.manual_seed(trainer.args.seed)
-        self.heads = torch.nn.ModuleDict({"vision": _Head(dim), "language": _Head(dim)}).to(dev)
+    def setup(self, ctx):
+        super().setup(ctx)
+        dim = ctx.unwrap().get_output_embeddings().weight.shape[1]
+        torch.manual_seed(ctx.seed)
+        self.heads = torch.nn.ModuleDict({"vision": _Head(dim), "language": _Head(dim)}).to(ctx.device)
         self.head_opt = torch.optim.AdamW(self.heads.parameters(), lr=self.config.head_lr, weight_decay=3e-3)
 
     def training_step(self, model, inputs):
@@ -110,11 +110,11 @@ class CGGMRecipe(Recipe):
         sums, counts, first, out = answer_forward(model, inputs, output_hidden_states=True)
         sft = -sums.sum() / counts.sum().clamp(min=1)
         hidden = out.hidden_states[cfg.layer].detach().float()
-        image_mask = inputs["input_ids"] == self.trainer.mbias_scorer.image_token_id
-        pooled = {"vision": _pool(hidden, image_mask), "language": _pool(hidden, inputs["mb_question_mask"])}
-        out_emb = self.trainer.accelerator.unwrap_model(model).get_output_embeddings()  # DDP hides the method
-        emb = out_emb.weight.detach().float()[inputs["mb_choice_tokens"]]  # [B, C, D]
-        gold, valid = inputs["mb_gold"], inputs["mb_choice_valid"]
+        image_mask = inputs["input_ids"] == self.ctx.scorer.image_token_id
+        pooled = {"vision": _pool(hidden, image_mask), "language": _pool(hidden, inputs[MB + "question_mask"])}
+        out_emb = self.ctx.unwrap(model).get_output_embeddings()  # DDP hides the method
+        emb = _whole(out_emb.weight).detach().float()[inputs[MB + "choice_tokens"]]  # [B, C, D]
+        gold, valid = inputs[MB + "gold"], inputs[MB + "choice_valid"]
         head_loss, hits, u = 0.0, [], {}
         for m, head in self.heads.items():
             u[m] = head(pooled[m])

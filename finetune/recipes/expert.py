@@ -4,7 +4,9 @@ batches. Not a recipe itself (not registered)."""
 from __future__ import annotations
 
 from mbias.finetune.bias_expert import BiasExpert
+from mbias.finetune.data import BatchSpec
 from mbias.finetune.recipes.base import Recipe
+from mbias.variants import IMAGE_MASKED, IMAGE_REMOVED
 
 
 class BiasExpertRecipe(Recipe):
@@ -13,13 +15,14 @@ class BiasExpertRecipe(Recipe):
     def __init__(self, config=None):
         super().__init__(config)
         self.expert = BiasExpert(self.config, self.name)
-        self.needs_no_image = self.config.bias_expert == "no_image"
-        self.needs_unimodal = self.config.bias_expert == "masked_image"  # the blank image's pixels
         self.uses_frozen_base = self.config.bias_expert != "prior_table"
 
     def bind_data(self, examples) -> None:
         self.expert.bind(examples)
-        self.needs_label_space = self.expert.uses_choices
+
+    def batch_spec(self) -> BatchSpec:
+        expert = {"no_image": {IMAGE_REMOVED}, "masked_image": {IMAGE_MASKED}}.get(self.config.bias_expert, set())
+        return BatchSpec(variants=frozenset(expert), choices=self.expert.uses_choices)
 
     def collate_extra(self, encoded: list) -> dict:
         return self.expert.collate_extra(encoded)

@@ -74,12 +74,11 @@ class LMHRecipe(BiasExpertRecipe):
         self.gate = None
         self.gate_opt = None
 
-    def setup(self, trainer):
-        super().setup(trainer)
-        model = trainer.model
-        dim = model.get_output_embeddings().weight.shape[1]
-        torch.manual_seed(trainer.args.seed)
-        self.gate = torch.nn.Linear(dim, 1).to(next(model.parameters()).device)
+    def setup(self, ctx):
+        super().setup(ctx)
+        dim = ctx.unwrap().get_output_embeddings().weight.shape[1]
+        torch.manual_seed(ctx.seed)
+        self.gate = torch.nn.Linear(dim, 1).to(ctx.device)
         self.gate_opt = torch.optim.AdamW(self.gate.parameters(), lr=self.config.gate_lr, weight_decay=0.0)
 
     def training_step(self, model, inputs):

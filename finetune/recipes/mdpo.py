@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from mbias.errors import ConfigError
-from mbias.finetune.data import MB, answer_forward, choice_logits
+from mbias.finetune.data import MB, BatchSpec, answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import stacked_inputs
 from mbias.variants import FULL, IMAGE_MASKED, IMAGE_REMOVED
@@ -79,15 +79,15 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
 @RECIPES.register("mdpo")
 class MDPORecipe(Recipe):
     config_class = MDPOConfig
-    needs_unimodal = True  # the corrupted image's vision inputs travel as mb_blank__*
     uses_frozen_base = True  # the reference
     description = "Conditional preference (mDPO): the gold answer is preferred with the real image over a " \
                   "corrupted one, against the model before fine-tuning, with an anchor."
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.image_baseline = self.config.corruption
-        self.needs_no_image = self.needs_label_space = self.config.rejected_answer == "no_image"
+    def batch_spec(self) -> BatchSpec:
+        # the corrupted image is the image-masked variant's picture
+        no_image = self.config.rejected_answer == "no_image"
+        return BatchSpec(variants=frozenset({IMAGE_MASKED} | ({IMAGE_REMOVED} if no_image else set())),
+                         image_baseline=self.config.corruption, choices=no_image)
 
     def training_step(self, model, inputs):
         cfg = self.config

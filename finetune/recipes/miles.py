@@ -17,7 +17,7 @@ import torch
 from transformers import TrainerCallback
 
 from mbias.errors import ConfigError
-from mbias.finetune.data import EncodedDataset, RecipeCollator
+from mbias.finetune.data import BatchSpec, EncodedDataset, RecipeCollator
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import variant_values
 from mbias.variants import FULL, IMAGE_MASKED, QUESTION_MASKED
@@ -55,7 +55,7 @@ def lr_factors(u_img: float, u_txt: float, tau: float, mu: float) -> dict[str, f
 @RECIPES.register("miles")
 class MILESRecipe(Recipe):
     config_class = MILESConfig
-    needs_label_space = True
+    batch = BatchSpec(choices=True)
     description = "Learning rate of the dominant modality's parameters scaled by mu when utilisation rates diverge."
 
     def __init__(self, config=None):
@@ -67,9 +67,9 @@ class MILESRecipe(Recipe):
     def callbacks(self):
         return [_MILESCallback(self)]
 
-    def setup(self, trainer):
-        super().setup(trainer)
-        if not trainer.mbias_eval_examples:
+    def setup(self, ctx):
+        super().setup(ctx)
+        if not ctx.eval_examples:
             raise ConfigError("miles needs held-out data to read utilisation rates from; pass --eval-data")
 
     def training_step(self, model, inputs):
@@ -78,20 +78,26 @@ class MILESRecipe(Recipe):
 
     @torch.no_grad()
     def measure(self) -> dict:
-        t = self.trainer
-        model = t.model
+        ctx = self.ctx
+        model = ctx.model
         was_training = model.training
         model.eval()
-        data = EncodedDataset(t.mbias_scorer, t.mbias_eval_examples)
-        collate = RecipeCollator(t.mbias_scorer, unimodal=True, label_space=True)
+        data = EncodedDataset(ctx.scorer, ctx.eval_examples)
         variants = (FULL, IMAGE_MASKED, QUESTION_MASKED)
-        totals = torch.zeros(len(variants), device=t.args.device)
-        # under DDP each process measures every num_processes-th batch of 64 and the counts are summed
-        acc = t.accelerator
-        for start in range(64 * acc.process_index, len(data), 64 * acc.num_processes):
-            batch = t._prepare_inputs(collate([data[i] for i in range(start, min(len(data), start + 64))]))
+        collate = RecipeCollator(ctx.scorer, BatchSpec(variants=frozenset(variants[1:]), choices=True))
+        totals = torch.zeros(len(variants), device=ctx.device)
+        # each process measures every num_processes-th batch of 64 and the counts are summed; every process runs
+        # as many forward passes (a sharded model gathers its weights in each, with all processes), the surplus
+        # ones counting nothing
+        starts = list(range(0, len(data), 64))
+        rounds = -(-len(starts) // ctx.num_processes)
+        for r in range(rounds):
+            k = r * ctx.num_processes + ctx.process_index
+            start = starts[min(k, len(starts) - 1)]
+            batch = ctx.to_device(collate([data[i] for i in range(start, min(len(data), start + 64))]))
             vals = variant_values(model, batch, "accuracy", variants)
-            totals += torch.stack([vals[k].sum() for k in variants]).to(totals.device)
+            if k < len(starts):
+                totals += torch.stack([vals[v].sum() for v in variants]).to(totals.device)
         model.train(was_training)
         m = dict(zip(variants, (self.over_processes(totals, "sum") / len(data)).tolist(), strict=True))
         u_img, u_txt = utilisation(m[FULL], m[IMAGE_MASKED], m[QUESTION_MASKED])
@@ -104,14 +110,9 @@ class MILESRecipe(Recipe):
 
     def apply(self) -> None:
         """Scale the scheduler's base rates of each modality's groups (the schedule itself keeps its shape)."""
-        t = self.trainer
-        sched = t.lr_scheduler
         if self._base_lrs is None:
-            self._base_lrs = list(sched.base_lrs)
-        for i, group in enumerate(t.optimizer.param_groups):
-            sched.base_lrs[i] = self._base_lrs[i] * self.factors.get(group.get("modality", "language"), 1.0)
-            if hasattr(sched, "lr_lambdas"):  # LambdaLR (Trainer's schedules): apply from this step on
-                group["lr"] = sched.base_lrs[i] * sched.lr_lambdas[i](sched.last_epoch)
+            self._base_lrs = list(self.ctx.lr_scheduler.base_lrs)
+        self.ctx.scale_base_lrs(self.factors, self._base_lrs)
 
     def state_dict(self):
         return {"factors": self.factors, "last": self.last, "base_lrs": self._base_lrs}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mbias.errors import ConfigError
-from mbias.finetune.data import answer_forward, choice_logits
+from mbias.finetune.data import MB, BatchSpec, answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.variants import IMAGE_MASKED, QUESTION_MASKED
 
@@ -85,13 +85,12 @@ def negative_learning(z_dom, z_weak, gold, mask, weight: float, reduction: str) 
 @RECIPES.register("mnl")
 class MNLRecipe(Recipe):
     config_class = MNLConfig
-    needs_unimodal = True
-    needs_label_space = True
+    batch = BatchSpec(variants=frozenset({QUESTION_MASKED, IMAGE_MASKED}), choices=True)
     description = "Unimodal CE terms plus negative learning: the robust dominant modality teaches the weak one " \
                   "which classes are not the answer."
 
     def training_step(self, model, inputs):
-        gold = inputs["mb_gold"]
+        gold = inputs[MB + "gold"]
         sums, counts, first = answer_forward(model, inputs)
         sft = -sums.sum() / counts.sum().clamp(min=1)
         z_full = choice_logits(first, inputs)
@@ -101,7 +100,7 @@ class MNLRecipe(Recipe):
         loss = sft + ("text" in self.config.unimodal_ce) * ce_txt + ("image" in self.config.unimodal_ce) * ce_img
         text_dom, image_dom, margins = robust_dominant(z_full.detach(), z_txt.detach(), z_img.detach(), gold)
         neg = torch.zeros((), device=loss.device)
-        if self.trainer.state.global_step >= self.config.warmup_steps:
+        if self.ctx.global_step >= self.config.warmup_steps:
             cfg = self.config
             if text_dom.any():
                 neg = neg + negative_learning(z_txt, z_img, gold, text_dom, cfg.weight, cfg.reduction)

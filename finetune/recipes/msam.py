@@ -18,8 +18,10 @@ does by itself.
 
 Under DDP the perturbation follows the gradient averaged over processes (DDP averages only the first backward
 after a forward, so the second is averaged here), and every process perturbs its replica the same way: the step
-equals the single-process step on the whole batch. Sharded launchers are refused: eps needs whole gradients and
-perturbs whole weights, which FSDP and DeepSpeed hold in shards.
+equals the single-process step on the whole batch. Under FSDP2 every backward is already reduced into each
+process's shard, and the norm, the perturbation and its undoing run on DTensor shards with the same code (the norm
+of a sharded gradient is reduced over the shards): exact too (tests/test_fsdp.py). With gradient accumulation
+under FSDP2 it needs ``sync_each_batch`` (``finetune.trainer.check_accumulation``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import ClassVar
 import torch
 
 from mbias.errors import ConfigError
-from mbias.finetune.data import answer_forward, choice_logits
+from mbias.finetune.data import MB, BatchSpec, answer_forward, choice_logits
 from mbias.finetune.recipes.base import RECIPES, Recipe
 from mbias.finetune.signals import batch_shapley, modality_weights, variant_values
 from mbias.variants import BOTH_MASKED, FULL, IMAGE_MASKED, QUESTION_MASKED
@@ -74,7 +76,8 @@ class SAMRecipe(Recipe):
     config_class = SAMConfig
     splits_loss: ClassVar[bool] = False  # a plain part of the loss besides the sharp one (M-SAM)
     description = "Sharpness-aware minimisation of the whole loss (M-SAM without the modality weighting)."
-    refused_because = "it perturbs whole weights along the global gradient norm, and FSDP and DeepSpeed shard both"
+
+    reads_gradients = True  # the perturbation follows the gradient
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -103,8 +106,8 @@ class SAMRecipe(Recipe):
         loss_sub = ((1 - w_dom) * per_sample).sum() / n
 
         fresh = cfg.direction == "fresh" or self.last_direction is None
-        sync = self.trainer.accelerator.sync_gradients
-        if sync and self.trainer.args.gradient_accumulation_steps > 1:
+        sync = self.ctx.sync_gradients
+        if sync and self.ctx.accumulation_steps > 1 and not self.ctx.grads_reduced:
             previous = [self.over_processes(g) for g in previous]  # earlier micro-batches ran without DDP's sync
         if self.splits_loss:  # decided per recipe, not per batch: under DDP every process runs the same backwards
             self.backward(loss_sub, retain_graph=fresh)
@@ -112,7 +115,9 @@ class SAMRecipe(Recipe):
         if fresh:
             self.backward(loss_dom)
             # DDP averages the first backward after a forward only: the perturbation needs the whole batch's
-            g_dom = [self.over_processes(g) for g in self._grads(params)]
+            g_dom = self._grads(params)
+            if not self.ctx.grads_reduced:
+                g_dom = [self.over_processes(g) for g in g_dom]
         else:
             g_dom = self.last_direction
         with torch.no_grad():
@@ -134,7 +139,7 @@ class SAMRecipe(Recipe):
                     p.copy_(o)
         g_sharp = self._grads(params)
         if cfg.direction == "previous":  # every process must perturb along the same direction next step
-            self.last_direction = g_sharp if sync else [self.over_processes(g) for g in g_sharp]
+            self.last_direction = g_sharp if sync or self.ctx.grads_reduced else [self.over_processes(g) for g in g_sharp]
         for p, prev, gs, gd in zip(params, previous, g_sub, g_sharp, strict=True):
             p.grad = prev + gs + gd
         loss = (loss_dom + loss_sub).detach()
@@ -152,19 +157,18 @@ class SAMRecipe(Recipe):
 class MSAMRecipe(SAMRecipe):
     config_class = MSAMConfig
     splits_loss = True
-    needs_unimodal = True
     description = "SAM on the dominant modality's share of the loss, with per-sample modality Shapley weights."
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        self.needs_label_space = self.config.value == "accuracy"
+    def batch_spec(self) -> BatchSpec:
+        return BatchSpec(variants=frozenset({QUESTION_MASKED, IMAGE_MASKED, BOTH_MASKED}),
+                         choices=self.config.value == "accuracy")
 
     def loss_split(self, model, inputs: dict, sums: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Each sample's weight [B] in the sharp part of the loss (the rest of its loss is plain), and signals."""
         cfg = self.config
         with torch.no_grad():
             if cfg.value == "accuracy":
-                full = (choice_logits(first, inputs).argmax(-1) == inputs["mb_gold"]).float()
+                full = (choice_logits(first, inputs).argmax(-1) == inputs[MB + "gold"]).float()
             else:
                 full = sums.detach().float()
         vals = {FULL: full, **variant_values(model, inputs, cfg.value, (QUESTION_MASKED, IMAGE_MASKED, BOTH_MASKED))}

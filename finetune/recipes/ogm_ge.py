@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mbias.errors import ConfigError
-from mbias.finetune.data import answer_forward
+from mbias.finetune.data import BatchSpec, answer_forward
 from mbias.finetune.recipes.base import RECIPES, ModulationConfig, Recipe
 from mbias.variants import IMAGE_MASKED, QUESTION_MASKED
 
@@ -53,18 +53,16 @@ def ogm_coefficient(score_dom: float, score_weak: float, alpha: float, offset: f
 @RECIPES.register("ogm_ge")
 class OGMGERecipe(Recipe):
     config_class = OGMGEConfig
-    needs_unimodal = True
+    batch = BatchSpec(variants=frozenset({QUESTION_MASKED, IMAGE_MASKED}))
     description = "The dominant modality's gradients scaled down by its unimodal confidence ratio, plus noise."
-    refused_because = ("it scales each modality's step between backward and the optimizer step, which DeepSpeed's "
-                       "engine fuses, and no GPU run has tested it under FSDP")
 
     def __init__(self, config=None):
         super().__init__(config)
         self.generator = torch.Generator()
 
-    def setup(self, trainer):
-        super().setup(trainer)
-        self.generator.manual_seed(trainer.args.seed)
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.generator.manual_seed(ctx.seed)
 
     def training_step(self, model, inputs):
         cfg = self.config
@@ -72,7 +70,7 @@ class OGMGERecipe(Recipe):
             scores = torch.stack([answer_forward(model, inputs, QUESTION_MASKED)[0].exp().sum(),
                                   answer_forward(model, inputs, IMAGE_MASKED)[0].exp().sum()])
         s_img, s_txt = self.over_processes(scores, "sum").tolist()  # over the whole batch, under DDP too
-        step = self.trainer.state.global_step
+        step = self.ctx.global_step
         active = step >= cfg.start_step and (cfg.end_step is None or step <= cfg.end_step)
         dominant = "vision" if s_img > s_txt else "language"
         k = ogm_coefficient(max(s_img, s_txt), min(s_img, s_txt), cfg.alpha, cfg.offset) if active else 1.0

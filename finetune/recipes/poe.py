@@ -37,7 +37,7 @@ from mbias.finetune.bias_expert import (
     gold_logp,
     main_logits,
 )
-from mbias.finetune.data import answer_forward
+from mbias.finetune.data import MB, answer_forward
 from mbias.finetune.recipes.base import RECIPES
 from mbias.finetune.recipes.expert import BiasExpertRecipe
 
@@ -95,9 +95,9 @@ class PoERecipe(BiasExpertRecipe):
         sums, counts, _ = answer_forward(model, inputs)
         n = sums.shape[0]
         if self.expert.space == "choices":
-            target, rows = inputs["mb_gold"], torch.arange(n, device=sums.device)
+            target, rows = inputs[MB + "gold"], torch.arange(n, device=sums.device)
         else:
-            mask = inputs["mb_answer_mask"]
+            mask = inputs[MB + "answer_mask"]
             target, rows = inputs["input_ids"][mask], mask.nonzero()[:, 0]
         weights = lpf_weights(bias_logp, target, rows, n, self.config.gamma)
         nll = -sums / counts.clamp(min=1)

@@ -28,8 +28,6 @@ from mbias.models.types import Encoded, Prepared
 
 logger = logging.getLogger(__name__)
 
-# Processor outputs that feed the vision tower rather than the language model.
-_VISION_KEYS = ("pixel_values", "pixel_attention_mask", "image_sizes", "image_grid_thw")
 # Per-image metadata the language-model forward needs too (M-RoPE needs the grid), repeated per batch row.
 _FORWARD_META_KEYS = ("image_grid_thw",)
 
@@ -39,6 +37,9 @@ class Scorer(ScoringMixin):
 
     family: ClassVar[str] = "generic"
     model_types: ClassVar[tuple[str, ...]] = ()
+    # processor outputs that feed the vision tower rather than the language model (the fine-tune collator swaps
+    # them for the baseline image's); a family whose processor returns others adds them
+    vision_keys: ClassVar[tuple[str, ...]] = ("pixel_values", "pixel_attention_mask", "image_sizes", "image_grid_thw")
     # What stands between the generation prompt and the answer text, as the model would emit it.
     answer_separator: ClassVar[str] = " "
     # Attribute names (on ``model.model``) of the parts, for parameter groups.
@@ -121,7 +122,7 @@ class Scorer(ScoringMixin):
         pixel_inputs = {}
         if image is not None:
             pix = self.processor.image_processor(images=[image], return_tensors="pt")
-            pixel_inputs = {k: pix[k] for k in _VISION_KEYS if k in pix}
+            pixel_inputs = {k: pix[k] for k in self.vision_keys if k in pix}
         return Encoded(
             example=example, image=image, answer_ids=self._answer_ids(prompt, example.answer),
             pixel_inputs=pixel_inputs,
@@ -142,7 +143,7 @@ class Scorer(ScoringMixin):
             self._text_cache[key] = dict(
                 prompt_ids=ids,
                 token_inputs={k: v[0] for k, v in inputs.items()
-                              if k not in ("input_ids", "attention_mask", "labels") + _VISION_KEYS
+                              if k not in ("input_ids", "attention_mask", "labels") + self.vision_keys
                               and torch.is_tensor(v) and v.dim() == 2 and v.shape[1] == seq_len},
                 meta_inputs={k: inputs[k] for k in _FORWARD_META_KEYS if k in inputs},
                 image_positions=(ids == self.image_token_id).nonzero().flatten(),
@@ -246,7 +247,7 @@ class Scorer(ScoringMixin):
     def image_features_for(self, images: list) -> torch.Tensor:
         """[len(images), N, D] features of PIL images processed exactly like the example's image."""
         pix = self.processor.image_processor(images=images, return_tensors="pt")
-        pixel_inputs = {k: pix[k] for k in _VISION_KEYS if k in pix}
+        pixel_inputs = {k: pix[k] for k in self.vision_keys if k in pix}
         feats, _ = self._encode_images(pixel_inputs)
         return feats
 
@@ -288,7 +289,7 @@ class Scorer(ScoringMixin):
         """Vision inputs of the whole-image baseline (cached on the example), for training-time passes."""
         if kind not in encoded.baseline_pixel_inputs:
             pix = self.processor.image_processor(images=[self.baseline_image(encoded, kind)], return_tensors="pt")
-            encoded.baseline_pixel_inputs[kind] = {k: pix[k] for k in _VISION_KEYS if k in pix}
+            encoded.baseline_pixel_inputs[kind] = {k: pix[k] for k in self.vision_keys if k in pix}
         return encoded.baseline_pixel_inputs[kind]
 
     def baseline(self, prepared: Prepared, kind: str | None = None, swap_image=None) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Training batches: encoded examples -> padded model inputs with labels on the answer tokens only.
 
-Used by the zoo trainer and the fine-tuning recipes. ``mask_question`` replaces the question tokens by the text
-baseline id and ``image="blank"`` swaps in the whole-image baseline's pixels, which gives the image-only and
-text-only passes the balancing recipes need (same sequence length, so one batch layout serves all three).
+Used by the zoo trainer and the fine-tuning recipes. ``question_masked`` replaces the question tokens by the text
+baseline id and ``image="blank"`` swaps in the whole-image baseline's pixels, which gives the ``QUESTION_MASKED``
+and ``IMAGE_MASKED`` variants (``mbias.variants``) the balancing recipes need (same sequence length, so one batch
+layout serves all three).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def right_pad(prompts: list[torch.Tensor], answers: list[torch.Tensor], pad_id: 
     return out
 
 
-def collate(scorer, encoded: list[Encoded], *, mask_question: bool = False, image: str = "full",
+def collate(scorer, encoded: list[Encoded], *, question_masked: bool = False, image: str = "full",
             answers: list[torch.Tensor] | None = None) -> Batch:
     """Right-padded batch of prompt + answer; ``image`` is ``full`` or a whole-image baseline kind."""
     tok = scorer.tokenizer
@@ -70,7 +71,7 @@ def collate(scorer, encoded: list[Encoded], *, mask_question: bool = False, imag
     question_mask = torch.zeros_like(answer_mask)
     for b, e in enumerate(encoded):
         question_mask[b, e.question_positions] = True
-        if mask_question:
+        if question_masked:
             inputs["input_ids"][b, e.question_positions] = scorer.text_baseline_id()
     if encoded[0].has_image:
         pixels = [e.pixel_inputs if image == "full" else scorer.baseline_pixels(e, image) for e in encoded]

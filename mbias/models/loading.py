@@ -79,8 +79,8 @@ def load_model(model_ref: str, options: LoadOptions | None = None, *, config: Sc
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=opts.load_in_4bit, load_in_8bit=opts.load_in_8bit, bnb_4bit_compute_dtype=pick_dtype("device", dev) if torch_dtype == "auto" else torch_dtype,
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            llm_int8_skip_modules=["vision_tower", "vision_model", "visual", "multi_modal_projector",
-                                   "connector", "lm_head"],
+            # the vision side stays in full precision: quantizing it blurs what the image probes measure
+            llm_int8_skip_modules=[*cls.vision_modules, *cls.projector_modules, "lm_head"],
         )
         kwargs.setdefault("device_map", {"": dev.index or 0})
     try:
