@@ -42,6 +42,7 @@ from mbias.stats import bootstrap_mean
 ESTIMATORS = ("auto", "exact", "permutation", "captum_sampling", "captum_kernel")
 DEFINITIONS = ("mbias", "reference")
 REFERENCE_MAX_EVALS_STEPS = (0, 100, 200, 300)  # CC-SHAP-VLM retries shap with max_evals 600, 700, 800, 900
+TOLERANCE_DEFAULT = 0.02  # chosen by the rule declared in benchmarks/mm_shap_tolerance.py (results/.../curve.md)
 DEFINITION_TEXT = {
     "mbias": ("Shapley values of every question token and image patch group (MM-SHAP, mbias's game: question "
               "tokens only, the scorer's masks, log p(gold) over the choices); T-SHAP is the text tokens' share of "
@@ -68,7 +69,15 @@ class MMShapConfig:
     max_exact_players: int = field(default=12, metadata={"help": "auto uses exact enumeration up to this many "
                                                                  "(mbias definition)"})
     n_permutations: int = field(default=20, metadata={"help": "permutations for permutation/captum_sampling "
-                                                              "(antithetic pairs for permutation); mbias definition"})
+                                                              "(antithetic pairs for permutation); mbias definition. "
+                                                              "With a tolerance: the cap"})
+    tolerance: float | None = field(default=TOLERANCE_DEFAULT, metadata={
+        "help": "permutation estimator (mbias definition): stop drawing antithetic pairs once the standard error "
+                "of the sample's T-SHAP (jackknife over pairs) is at or below this, n_permutations being the cap; "
+                "unset (null): always n_permutations. Default chosen on benchmarks/results/mm_shap_tolerance/curve.md"})
+    min_permutations: int = field(default=6, metadata={"help": "with a tolerance: permutations drawn before the "
+                                                               "first check (an error estimate from fewer pairs "
+                                                               "is too noisy to stop on)"})
     kernel_samples: int = field(default=200, metadata={"help": "coalitions for captum_kernel"})
     value: str = field(default="auto", metadata={"help": "value function of the gold answer: auto (choice when the "
                                                          "example has choices, else logprob), logprob, prob, or "
@@ -91,6 +100,8 @@ class MMShapConfig:
         check_number(self, "grid", integer=True, ge=1, optional=True)
         for name in ("max_exact_players", "n_permutations", "kernel_samples", "batch_size", "max_evals"):
             check_number(self, name, integer=True, ge=1)
+        check_number(self, "tolerance", gt=0, le=1, optional=True)
+        check_number(self, "min_permutations", integer=True, ge=4)
 
 
 def t_shap(phi: np.ndarray, n_text: int) -> tuple[float | None, float | None]:
@@ -126,6 +137,37 @@ def check_pixel_grid(grid: int, prepared) -> None:
         raise ConfigError(f"mm_shap grid {grid} is finer than the image: the part the model sees is "
                           f"{int(side)} pixels on its short side, so some cells would hold no pixel; use a grid "
                           f"<= {int(side)}")
+
+
+def stderr_summary(records: list[dict]) -> dict:
+    """The Monte-Carlo error across the samples: the mean and largest per-sample standard error of T-SHAP, how much
+    of the spread of T-SHAP over samples it accounts for (the part of the interval on the mean that is estimator
+    noise rather than the samples), the permutations drawn and how many samples stopped at the cap."""
+    se = np.array([r["t_shap_stderr"] for r in records if r.get("t_shap_stderr") is not None], dtype=float)
+    values = np.array([r["t_shap"] for r in records if r.get("t_shap_stderr") is not None], dtype=float)
+    perms = [r["n_permutations"] for r in records if r.get("n_permutations") is not None]
+    out = {"t_shap_stderr": None, "max_t_shap_stderr": None, "noise_share_of_variance": None,
+           "mean_permutations": float(np.mean(perms)) if perms else None,
+           "n_stopped_by_cap": sum(1 for r in records if r.get("stopped_by") == "cap")}
+    if len(se):
+        out["t_shap_stderr"] = float(np.sqrt(np.mean(se ** 2)))  # root mean square: what adds to the variance
+        out["max_t_shap_stderr"] = float(se.max())
+        if len(values) > 1 and values.var(ddof=1) > 0:
+            out["noise_share_of_variance"] = float(min(1.0, np.mean(se ** 2) / values.var(ddof=1)))
+    return out
+
+
+def stderr_text(summary: dict) -> str:
+    text = f"{summary['t_shap_stderr']:.3f} (root mean square; largest {summary['max_t_shap_stderr']:.3f})"
+    if summary.get("noise_share_of_variance") is not None:
+        text += f", {summary['noise_share_of_variance']:.0%} of T-SHAP's variance over samples"
+    if summary.get("tolerance") is not None:
+        text += f"; tolerance {summary['tolerance']:g}"
+        if summary.get("n_stopped_by_cap"):
+            text += f", {summary['n_stopped_by_cap']} sample(s) stopped at the cap"
+    if summary.get("mean_permutations") is not None:
+        text += f"; {summary['mean_permutations']:.1f} permutations per sample"
+    return text
 
 
 def _image_is_its_baseline(image, baseline) -> bool:
@@ -227,7 +269,11 @@ class MMShapProbe(Probe):
         "T-SHAP (MM-SHAP)", [], [r["t_shap"] for r in recs if r["t_shap"] is not None], side="vision")],
         xlabel="text tokens' share of the attribution (0 = all image, 1 = all text)", ylabel="samples", ref=0.5),)
     summary_schema = {"type": "object", "required": ["t_shap", "v_shap"],
-                      "properties": {"t_shap": {"$ref": "#/$defs/stat"}, "v_shap": {"$ref": "#/$defs/stat"}}}
+                      "properties": {"t_shap": {"$ref": "#/$defs/stat"}, "v_shap": {"$ref": "#/$defs/stat"},
+                                     # the Monte-Carlo error (issue 28); absent from summaries written before
+                                     "t_shap_stderr": {"type": ["number", "null"]},
+                                     "max_t_shap_stderr": {"type": ["number", "null"]},
+                                     "tolerance": {"type": ["number", "null"]}}}
     evidence, share_key = ("share", 1), "t_shap"
     definition = DEFINITION_TEXT["mbias"]
 
@@ -259,23 +305,29 @@ class MMShapProbe(Probe):
         estimator = cfg.estimator
         if estimator == "auto":
             estimator = "exact" if n <= cfg.max_exact_players else "permutation"
-        res = self._estimate(inp.value, n, estimator, ctx, inp)
+        res = self._estimate(inp.value, n, estimator, ctx, inp, n_text=inp.n_text)
         kind = ctx.scorer.config.image_baseline
         flat = _image_is_its_baseline(ctx.prepared.image, ctx.scorer.baseline_image(ctx.prepared, kind,
                                                                                      ctx.swap_image))
         return self._record(res, inp.n_text, inp.n_image, inp.values, ctx, grid, list(inp.groups.cells),
                             value_function=value, undefined=f"the {kind} baseline equals the image" if flat else None)
 
-    def _estimate(self, value_fn, n, estimator, ctx, inp=None, n_permutations=None):
+    def _estimate(self, value_fn, n, estimator, ctx, inp=None, n_permutations=None, n_text=None):
         from mbias.shapley import exact_shapley, permutation_shapley
 
         cfg = self.config
         rng = ctx.rng("mm_shap")
         if estimator == "exact":
-            return exact_shapley(value_fn, n, batch_size=cfg.batch_size)
+            res = exact_shapley(value_fn, n, batch_size=cfg.batch_size)
+            res.stderr = 0.0
+            return res
         if estimator == "permutation":
+            # the reference definition keeps its own fixed budget (n_permutations given): no early stop there
+            tolerance = cfg.tolerance if n_permutations is None else None
             return permutation_shapley(value_fn, n, n_permutations or cfg.n_permutations, rng=rng,
-                                       batch_size=cfg.batch_size)
+                                       batch_size=cfg.batch_size, tolerance=tolerance,
+                                       min_permutations=cfg.min_permutations,
+                                       statistic=lambda phi: t_shap(phi, n_text)[0])
         from mbias.captum_input import captum_shapley
 
         method = estimator.removeprefix("captum_")
@@ -290,7 +342,8 @@ class MMShapProbe(Probe):
             check_pixel_grid(game.grid, ctx.prepared)
         n_perm = reference_permutations(game.n_reference_features, cfg.max_evals)
         estimator = "exact" if cfg.estimator == "exact" else "permutation"
-        res = self._estimate(game.value, game.n_players, estimator, ctx, n_permutations=n_perm)
+        res = self._estimate(game.value, game.n_players, estimator, ctx, n_permutations=n_perm,
+                             n_text=game.n_text)
         flat = ctx.prepared.has_image and _image_is_its_baseline(ctx.prepared.image, game.baseline_image)
         gold = ctx.prepared.answer_ids
         rec = self._record(res, game.n_text, game.n_image, game.values, ctx, game.grid, list(range(game.n_image)),
@@ -314,6 +367,10 @@ class MMShapProbe(Probe):
             "v_full": res.v_full, "v_empty": res.v_empty,
             "efficiency_gap": float(res.phi.sum() - (res.v_full - res.v_empty)),
             "estimator": res.estimator, "n_evaluations": res.n_evaluations, "value_function": value_function,
+            # the Monte-Carlo standard error of this sample's T-SHAP (0 when exact, None when not estimated: captum
+            # estimators, or an undefined T-SHAP), the permutations drawn and why the estimator stopped
+            "t_shap_stderr": None if raw is None else res.stderr, "n_permutations": res.n_permutations,
+            "stopped_by": res.stopped_by,
         }
 
     def summarize(self, records: list[dict], groups: list[str]) -> dict:
@@ -323,6 +380,8 @@ class MMShapProbe(Probe):
         out["n_undefined_baseline"] = sum(1 for r in records if r.get("t_shap_undefined"))
         out["mean_evaluations"] = float(np.mean([r["n_evaluations"] for r in records]))
         out["max_abs_efficiency_gap"] = float(max(abs(r["efficiency_gap"]) for r in records))
+        out["tolerance"] = self.config.tolerance if self.config.definition == "mbias" else None
+        out.update(stderr_summary(records))
         return out
 
     @classmethod
@@ -334,6 +393,8 @@ class MMShapProbe(Probe):
                 ("T-SHAP, per player", fmt(summary["t_shap_per_player"]))]
         if summary.get("n_undefined_baseline"):
             rows.append(("samples left out (the baseline equals the image)", str(summary["n_undefined_baseline"])))
+        if summary.get("t_shap_stderr") is not None:
+            rows.append(("Monte-Carlo standard error of T-SHAP, per sample", stderr_text(summary)))
         rows += [("coalitions scored per sample", f"{summary['mean_evaluations']:.0f}"),
                  ("largest efficiency gap", f"{summary['max_abs_efficiency_gap']:.1e}")]
         return rows
@@ -359,6 +420,10 @@ class MMShapProbe(Probe):
                     + (f"(grid {cfg.grid})" if cfg.grid else "(grid = ceil(sqrt(#question tokens)))"),
                     value_function=f"{cfg.value}: log p(gold answer) renormalised over the choices when the example "
                     "has them (auto/choice), else summed over answer tokens",
-                    estimator=cfg.estimator, budget=(f"{cfg.n_permutations} permutations" if cfg.estimator != "exact"
-                                                     else "all coalitions"))
+                    estimator=cfg.estimator, budget=("all coalitions" if cfg.estimator == "exact" else
+                                                     f"{cfg.n_permutations} permutations" if cfg.tolerance is None
+                                                     or cfg.estimator.startswith("captum_") else
+                                                     f"antithetic pairs until T-SHAP's standard error <= "
+                                                     f"{cfg.tolerance:g} (at least {cfg.min_permutations}, at most "
+                                                     f"{cfg.n_permutations} permutations)"))
         return info
