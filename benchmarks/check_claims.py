@@ -23,7 +23,7 @@ as the prose shows, with the prose's sign convention (an explicit ``+`` must be 
 mean with an interval in the results may be quoted alone. A tag whose file or key does not exist, or with no
 number before it, is an error too.
 
-    python benchmarks/check_claims.py            # README.md, docs/recipes.md, docs/methods.md, benchmarks/README.md
+    python benchmarks/check_claims.py            # README.md, docs/recipes.md, docs/methods.md, docs/scaling.md, benchmarks/README.md
     python benchmarks/check_claims.py --list     # print every checked claim with its source and value
     python benchmarks/check_claims.py FILE.md    # check other files
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DOCS = ("README.md", "docs/recipes.md", "docs/methods.md", "benchmarks/README.md")
+DOCS = ("README.md", "docs/recipes.md", "docs/methods.md", "docs/scaling.md", "benchmarks/README.md")
 
 TAG = re.compile(r"<!--\s*claim:\s*(?P<body>.*?)\s*-->", re.S)
 NUM = r"[+\-\u2212]?\d+(?:\.\d+)?"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-RUNS = [("plain", "lora", {}), ("poe", "poe", {}), ("lmh", "lmh", {}), ("mdpo", "mdpo", {}), ("sam", "sam", {}),
+RUNS = [("plain", "plain", {}), ("poe", "poe", {}), ("lmh", "lmh", {}), ("mdpo", "mdpo", {}), ("sam", "sam", {}),
         ("msam", "msam", {}), ("miles", "miles", {"every_steps": 1}), ("mnl", "mnl", {}), ("cggm", "cggm", {}),
         ("ogm_ge", "ogm_ge", {})]
 

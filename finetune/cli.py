@@ -11,12 +11,13 @@ import os
 
 from mbias.config import build_config, load_yaml
 from mbias.errors import ConfigError
-from mbias.finetune.config import FinetuneConfig, renamed_keys
+from mbias.finetune.config import FinetuneConfig, check_renamed_keys
 
 
 def finetune_config_from_args(args) -> tuple[FinetuneConfig, str, str]:
     """(config, model reference, data reference) from the flags and the --config file; flags win."""
-    values = renamed_keys(load_yaml(args.config), args.config) if args.config else {}
+    values = load_yaml(args.config) if args.config else {}
+    check_renamed_keys(values, args.config)
     model = args.model or values.pop("model", None)
     data = args.data or values.pop("data", None)
     values.pop("model", None)

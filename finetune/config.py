@@ -9,7 +9,6 @@ options; a few Trainer defaults differ (below). The recipe's own settings live i
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,20 +18,18 @@ from mbias.config import check_number
 from mbias.errors import ConfigError
 from mbias.records import parse_columns
 
-logger = logging.getLogger(__name__)
-
 LORA_SIDES = ("language", "projector", "vision")
 TUNES = ("lora", "full")
 MODALITY_GROUPS = ("modules", "encoders")
-# names mbias used before its settings became TrainingArguments: still read from YAML files, with a warning
+# names mbias used before its settings became TrainingArguments: refused with the name to use
 RENAMED = {"epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
            "grad_accum": "gradient_accumulation_steps", "lr": "learning_rate", "warmup_ratio": "warmup_steps"}
 
 
 @dataclass
 class FinetuneConfig(TrainingArguments):
-    recipe: str = field(default="lora", metadata={
-        "help": "lora | poe | lmh | mdpo | sam | msam | miles | mnl | cggm | ogm_ge (docs/recipes.md: which when)"})
+    recipe: str = field(default="plain", metadata={
+        "help": "plain | poe | lmh | mdpo | sam | msam | miles | mnl | cggm | ogm_ge (docs/recipes.md: which when)"})
     recipe_config: dict | str = field(default_factory=dict, metadata={
         "help": "the recipe's own settings (a YAML mapping; in a --config file, a mapping under recipe_config:)"})
     tune: str = field(default="lora", metadata={
@@ -86,6 +83,9 @@ class FinetuneConfig(TrainingArguments):
                                                                          "fields"})
 
     def __post_init__(self):
+        if self.recipe == "lora":
+            raise ConfigError("recipe 'lora' is now 'plain': fine-tuning without balancing, LoRA or not (--tune); "
+                              "write recipe: plain")
         if self.tune not in TUNES:
             raise ConfigError(f"tune must be lora or full, not {self.tune!r}")
         if isinstance(self.lora_targets, str):  # YAML "lora_targets: language,projector"
@@ -107,9 +107,6 @@ class FinetuneConfig(TrainingArguments):
             raise ConfigError("lora_routing adds routed LoRA weights, so it needs tune: lora; drop one of them")
         if self.lora_routing and "language" not in self.lora_targets:
             raise ConfigError("lora_routing routes the LLM's LoRA by token, so lora_targets must include language")
-        if self.lora_routing and self.gradient_checkpointing:
-            raise ConfigError("lora_routing reads the image positions from the ids of the forward pass running now; "
-                              "gradient checkpointing recomputes layers later, after other passes: drop one of them")
         if isinstance(self.recipe_config, str):
             import yaml
 
@@ -177,13 +174,8 @@ def _check_sharding_has_gpus(use_cpu: bool) -> None:
                           "processes each hold the whole model (docs/scaling.md)")
 
 
-def renamed_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """``values`` with settings under their pre-TrainingArguments names moved to the new ones (with a warning)."""
-    out = dict(values)
+def check_renamed_keys(values: dict[str, Any], where: str) -> None:
+    """ConfigError naming the new key when ``values`` holds a setting under its pre-TrainingArguments name."""
     for old, new in RENAMED.items():
-        if old in out:
-            logger.warning("%s: %r is now %r (transformers' name); please rename it", where, old, new)
-            if new in out:
-                raise ConfigError(f"{where}: both {old!r} and its new name {new!r} are set; keep {new!r}")
-            out[new] = out.pop(old)
-    return out
+        if old in values:
+            raise ConfigError(f"{where}: {old!r} is now {new!r} (transformers' name); rename it")

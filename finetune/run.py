@@ -234,8 +234,18 @@ def build_trainer(model, data, out: str | Path, *, config: FinetuneConfig, load=
         if recipe.max_grad_norm is not None:
             logger.warning("recipe %s clips gradients at norm %s (its published setting); --max-grad-norm sets "
                            "another", config.recipe, max_grad_norm)
+    gradient_checkpointing = config.gradient_checkpointing
+    if gradient_checkpointing and is_routed(peft_model):
+        # the routed layers' recomputation needs the masks of its own pass (a context_fn, which TrainingArguments
+        # cannot carry: it is pickled with every checkpoint), so mbias enables checkpointing itself
+        from mbias.models.routing import checkpoint_context
+
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+            "use_reentrant": False, "context_fn": checkpoint_context(peft_model)})
+        gradient_checkpointing = False
     args = dataclasses.replace(
         config, output_dir=str(ckpt_dir), max_steps=steps, max_grad_norm=max_grad_norm,
+        gradient_checkpointing=gradient_checkpointing,
         data_seed=config.seed if config.data_seed is None else config.data_seed,
         use_cpu=config.use_cpu or scorer.device.type == "cpu",
         disable_tqdm=config.disable_tqdm or not progress)  # TrainingArguments has already made None a bool

@@ -56,16 +56,13 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     command line does not say (flags win)."""
     from transformers import HfArgumentParser
 
-    from mbias.finetune.config import RENAMED, FinetuneConfig
+    from mbias.finetune.config import FinetuneConfig
 
-    old_flags = {new: "--" + old.replace("_", "-") for old, new in RENAMED.items()}  # still accepted
     hf = HfArgumentParser(FinetuneConfig, add_help=False)
     group = p.add_argument_group("training (mbias's settings, then every transformers TrainingArguments field)")
     for action in hf._actions:
         if action.dest in ("output_dir",):  # --out names the output
             continue
-        if action.dest in old_flags and action.option_strings:
-            action.option_strings = [*action.option_strings, old_flags[action.dest]]
         action.default = argparse.SUPPRESS
         if action.dest in ("recipe_config", "columns"):
             action.type = str  # YAML / FIELD=COLUMN text, parsed by the config

@@ -191,8 +191,8 @@ def _refused(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv,field", [
-    (["finetune", "--recipe", "lora", "--lr", "-1"], "FinetuneConfig.learning_rate"),
-    (["finetune", "--recipe", "lora", "--lora-r", "0"], "FinetuneConfig.lora_r"),
+    (["finetune", "--recipe", "plain", "--learning-rate", "-1"], "FinetuneConfig.learning_rate"),
+    (["finetune", "--recipe", "plain", "--lora-r", "0"], "FinetuneConfig.lora_r"),
     (["audit", "--patch-grid", "0"], "ScoringConfig.patch_grid"),
     (["audit", "--max-samples", "0"], "AuditConfig.max_samples"),
 ])

@@ -55,18 +55,18 @@ def test_saved_adapter_loads_with_peft_and_holds_only_lora(tiny_model_dir, tmp_p
     from safetensors.torch import load_file
     from transformers import AutoModelForImageTextToText
 
-    out = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "ft", config=_config("lora"), progress=False)
+    out = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "ft", config=_config("plain"), progress=False)
     keys = load_file(out / "adapter_model.safetensors").keys()
     assert keys and all("lora_" in k for k in keys) and not any("vision_tower" in k for k in keys)
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("llava"))
     PeftModel.from_pretrained(base, str(out))
     record = json.loads((out / "recipe.json").read_text())
-    assert record["recipe"] == "lora" and record["steps"] == 2
+    assert record["recipe"] == "plain" and record["steps"] == 2
 
 
 def test_vision_tower_lora_only_when_asked(tiny_model_dir, tmp_path):
     trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "v",
-                               config=_config("lora", lora_targets=["language", "vision"]), progress=False)
+                               config=_config("plain", lora_targets=["language", "vision"]), progress=False)
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert any(".vision_tower." in n for n in trainable)
     assert not any("multi_modal_projector" in n for n in trainable)
@@ -411,18 +411,37 @@ def test_gradient_checkpointing_and_report_to_none_on_cpu(tiny_model_dir, tmp_pa
     assert record["finetune"]["gradient_checkpointing"] is True and record["steps"] == 2
 
 
-def test_one_config_file_reproduces_a_run_and_old_keys_still_read(tiny_model_dir, tmp_path, caplog):
+@pytest.mark.parametrize("recipe", ["msam", "poe", "mdpo", "mnl"])
+def test_gradient_checkpointing_trains_the_same_weights_for_recipes_with_extra_passes(recipe, tiny_model_dir,
+                                                                                      tmp_path):
+    """Frozen-base passes, ablated variants, SAM's second forward: recomputed layers give the same gradients."""
+    weights = {}
+    for checkpointing in (False, True):
+        trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / str(checkpointing), progress=False,
+                                   config=_config(recipe, gradient_checkpointing=checkpointing))
+        trainer.train()
+        weights[checkpointing] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+                                  if p.requires_grad}
+    assert weights[True].keys() == weights[False].keys()
+    for name, w in weights[False].items():
+        assert torch.allclose(w, weights[True][name], atol=1e-6), name
+
+
+def test_one_config_file_reproduces_a_run_and_old_keys_name_their_new_ones(tiny_model_dir, tmp_path, capsys):
     import yaml
 
     from mbias.cli import main
 
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"model": tiny_model_dir("llava"), "data": DATA, "recipe": "lora", "max_steps": 2,
-                                   "batch_size": 4, "lr": 1e-3, "max_train_samples": 8}))
+    run = {"model": tiny_model_dir("llava"), "data": DATA, "recipe": "plain", "max_steps": 2,
+           "per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_train_samples": 8}
+    cfg.write_text(yaml.safe_dump(run))
     assert main(["finetune", "--config", str(cfg), "--out", str(tmp_path / "ft"), "--no-progress"]) == 0
     record = json.loads((tmp_path / "ft" / "recipe.json").read_text())
     assert record["finetune"]["per_device_train_batch_size"] == 4 and record["finetune"]["learning_rate"] == 1e-3
-    assert "'lr' is now 'learning_rate'" in caplog.text
+    cfg.write_text(yaml.safe_dump({**run, "lr": 1e-3}))
+    assert main(["finetune", "--config", str(cfg), "--out", str(tmp_path / "old"), "--no-progress"]) == 2
+    assert "'lr' is now 'learning_rate'" in capsys.readouterr().err and not (tmp_path / "old").exists()
 
 
 def test_full_tuning_trains_every_parameter_and_writes_a_model_folder(tiny_model_dir, tmp_path):
@@ -436,10 +455,18 @@ def test_full_tuning_trains_every_parameter_and_writes_a_model_folder(tiny_model
     trainer.train()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert any(".vision_tower." in n for n in changed) and any("language_model" in n for n in changed)
-    out = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "full2", config=_config("lora", tune="full"),
+    out = run_finetune(tiny_model_dir("llava"), DATA, tmp_path / "full2", config=_config("plain", tune="full"),
                        progress=False)
     AutoModelForImageTextToText.from_pretrained(out)  # a model folder, with its processor beside it
     assert (out / "preprocessor_config.json").exists() or (out / "processor_config.json").exists()
     with pytest.raises(ConfigError, match="needs tune: lora"):
         build_trainer(tiny_model_dir("llava"), DATA, tmp_path / "x", config=_config("mdpo", tune="full"),
                       progress=False)
+
+
+def test_the_plain_recipes_old_name_says_its_new_one():
+    from mbias.errors import ConfigError
+    from mbias.finetune.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="recipe 'lora' is now 'plain'"):
+        FinetuneConfig(output_dir="unused", recipe="lora")

@@ -27,7 +27,7 @@ STEP = Path(__file__).parent / "fsdp_step.py"
 # even the noise is exact), learning-rate scaling (ogm_ge's default), whole-gradient norms and weight
 # perturbations on shards (sam, msam), the frozen base through disabled adapters (poe, lmh, mdpo), heads and gates
 # outside the sharded model (cggm, lmh), held-out measurements with as many forwards on every process (miles).
-FSDP_RUNS = [("lora", "lora", {}), ("poe", "poe", {}), ("lmh", "lmh", {"gate_lr": 0.5}), ("mdpo", "mdpo", {}),
+FSDP_RUNS = [("plain", "plain", {}), ("poe", "poe", {}), ("lmh", "lmh", {"gate_lr": 0.5}), ("mdpo", "mdpo", {}),
              ("sam", "sam", {}), ("msam", "msam", {}), ("miles", "miles", {"every_steps": 1}),
              ("mnl", "mnl", {"reduction": "batch"}), ("cggm", "cggm", {}),
              ("ogm_ge gradient+noise", "ogm_ge", {"noise": "both", "mode": "gradient"}), ("ogm_ge", "ogm_ge", {})]

@@ -168,7 +168,7 @@ def test_finetune_cli_monitor_draws_the_curve_into_the_adapter_folder(tiny_model
 
     out = tmp_path / "ft"
     assert main(["finetune", "--model", tiny_model_dir("llava"), "--data", "synth:shapes-p90/train", "--recipe",
-                 "lora", "--out", str(out), "--max-steps", "2", "--per-device-train-batch-size", "4",
+                 "plain", "--out", str(out), "--max-steps", "2", "--per-device-train-batch-size", "4",
                  "--max-train-samples", "16", "--eval-samples", "8", "--monitor-data", HELD_OUT,
                  "--monitor-every", "1", "--monitor-samples", "4", "--no-progress"]) == 0
     history = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
@@ -242,7 +242,7 @@ def test_ddp_two_processes_audit_their_shards_and_log_the_merged_numbers(tiny_mo
     model_dir = tiny_model_dir("llava")
     out = tmp_path / "two"
     proc = subprocess.run([*accelerate_launch(), "-m", "mbias", "finetune", "--model", model_dir, "--data",
-                           "synth:shapes-p90/train", "--recipe", "lora", "--out", str(out), "--max-steps", "1",
+                           "synth:shapes-p90/train", "--recipe", "plain", "--out", str(out), "--max-steps", "1",
                            "--per-device-train-batch-size", "2", "--max-train-samples", "8", "--eval-samples", "4",
                            "--monitor-data", HELD_OUT, "--monitor-every", "1", "--monitor-samples", "6",
                            "--no-progress"], capture_output=True, text=True, timeout=600)

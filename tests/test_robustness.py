@@ -371,7 +371,7 @@ def test_a_sigterm_fine_tune_resumes_with_the_same_command(tiny_llava, tmp_path)
 
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "mbias", "finetune", "--model", tiny_llava, "--data", "synth:shapes-p90/train",
-           "--out", str(out), "--recipe", "lora", "--max-steps", "40", "--per-device-train-batch-size", "2",
+           "--out", str(out), "--recipe", "plain", "--max-steps", "40", "--per-device-train-batch-size", "2",
            "--max-train-samples", "16", "--eval-samples", "4", "--logging-steps", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = out / "training_log.jsonl"

@@ -213,7 +213,7 @@ def test_images_are_checked_by_one_process_and_its_verdicts_reach_the_others(tmp
 # learns fast here so that a gate trained on each process's half alone would show in two steps.
 # The last run trains a modality-routed adapter (lora_routing): each process routes its own half of the batch.
 DDP_RUNS = [(*run, False) for run in [
-    ("lora", {}, 1), ("poe", {}, 1), ("lmh", {"gate_lr": 0.5}, 1), ("mdpo", {}, 1), ("msam", {}, 1), ("msam", {}, 2),
+    ("plain", {}, 1), ("poe", {}, 1), ("lmh", {"gate_lr": 0.5}, 1), ("mdpo", {}, 1), ("msam", {}, 1), ("msam", {}, 2),
     ("miles", {"every_steps": 1}, 1), ("mnl", {"reduction": "batch"}, 1), ("cggm", {}, 1),
     ("ogm_ge", {"noise": "none", "mode": "gradient"}, 2)]] + [("miles", {"every_steps": 1}, 1, True)]
 
@@ -234,9 +234,9 @@ def test_two_ddp_processes_train_the_adapter_of_one_process_with_the_doubled_bat
     cfg.write_text(yaml.safe_dump({"recipe_config": settings, "gradient_accumulation_steps": grad_accum, "max_train_samples": 16,
                                    "eval_samples": 8, "warmup_steps": 0.0, "logging_steps": 1}))
     common = ["finetune", "--model", tiny_model_dir("llava"), "--data", DATA, "--recipe", recipe, "--max-steps", "2",
-              "--lr", "1e-3", "--config", str(cfg), "--no-progress", *(["--lora-routing", "true"] if routed else [])]
-    assert main([*common, "--batch-size", "4", "--out", str(tmp_path / "one")]) == 0
-    proc = subprocess.run([*accelerate_launch(), "-m", "mbias", *common, "--batch-size", "2", "--out", str(tmp_path / "two")],
+              "--learning-rate", "1e-3", "--config", str(cfg), "--no-progress", *(["--lora-routing", "true"] if routed else [])]
+    assert main([*common, "--per-device-train-batch-size", "4", "--out", str(tmp_path / "one")]) == 0
+    proc = subprocess.run([*accelerate_launch(), "-m", "mbias", *common, "--per-device-train-batch-size", "2", "--out", str(tmp_path / "two")],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, _why(proc)
     parts = ("", "vision", "language") if routed else ("",)

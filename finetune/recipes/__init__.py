@@ -3,12 +3,12 @@
 from mbias.finetune.recipes import (  # noqa: F401 (registration)
     cggm,
     lmh,
-    lora,
     mdpo,
     miles,
     mnl,
     msam,
     ogm_ge,
+    plain,
     poe,
 )
 from mbias.finetune.recipes.base import RECIPES, Recipe

@@ -11,7 +11,9 @@ look; the balancing recipes steer them (``route_groups``) while the shared part 
 
 The routing is plain PEFT plus forward hooks: a pre-hook on the input embeddings reads which positions hold the
 image token in the ids of the current forward pass, and a hook on each routed ``lora_B`` multiplies its output by
-that position mask before PEFT adds it to the base layer's output. Nothing in PEFT is patched. ``save_pretrained``
+that position mask before PEFT adds it to the base layer's output. Nothing in PEFT is patched. Gradient
+checkpointing recomputes a layer during backward, after other forward passes have embedded other ids:
+``checkpoint_context`` gives the recomputation the masks of the pass that ran the layer first. ``save_pretrained``
 writes the shared part at the folder's root and the routed parts in ``vision/`` and ``language/``; ``ROUTING_FILE``
 marks the folder, and ``attach_routes`` loads the parts back. A routed adapter cannot be merged into the weights
 (its delta depends on the token), and ``PeftModel.from_pretrained`` alone loads only the shared part: load it
@@ -70,6 +72,7 @@ def install_routing(peft_model, image_token_id: int) -> list:
         state.clear()  # masks cast for an earlier pass's devices and dtypes
         state["vision"], state["language"] = image, ~image
 
+    peft_model.mbias_routing_state = state  # for checkpoint_context
     handles = [peft_model.get_input_embeddings().register_forward_pre_hook(remember, with_kwargs=True)]
     for name, module in peft_model.named_modules():
         if isinstance(module, LoraLayer):
@@ -80,12 +83,38 @@ def install_routing(peft_model, image_token_id: int) -> list:
     return handles
 
 
+def checkpoint_context(peft_model):
+    """A ``context_fn`` for ``torch.utils.checkpoint`` (non-reentrant) that recomputes each checkpointed layer of a
+    routed model with the position masks of the forward pass it first ran in, not of the pass that ran last."""
+    import contextlib
+
+    state = peft_model.mbias_routing_state
+
+    def context_fn():
+        saved = dict(state)  # the masks of the forward pass running this layer now
+
+        @contextlib.contextmanager
+        def recompute():
+            current = dict(state)
+            state.clear()
+            state.update(saved)
+            try:
+                yield
+            finally:
+                state.clear()
+                state.update(current)
+
+        return contextlib.nullcontext(), recompute()
+
+    return context_fn
+
+
 def _keep_positions(module, args, output, *, state, route, layer):
     mask = state.get(route)
     if mask is None or tuple(output.shape[:-1]) != tuple(mask.shape):
         raise MbiasError(f"routed LoRA: layer {layer} got {tuple(output.shape[:-1])} token positions but the last "
                          f"input ids were {None if mask is None else tuple(mask.shape)}; a routed adapter needs "
-                         "the layers to run on the ids just embedded (no gradient checkpointing, no cached prefix)")
+                         "the layers to run on the ids just embedded (no cached prefix)")
     key = (route, output.device, output.dtype)  # cast once per pass, not once per layer
     if key not in state:
         state[key] = mask.unsqueeze(-1).to(device=output.device, dtype=output.dtype)
