@@ -24,7 +24,7 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "results" / "cost"
 RUNS = [  # (row name, recipe, recipe settings)
-    ("lora", "lora", {}), ("msam", "msam", {}), ("msam direction=previous", "msam", {"direction": "previous"}),
+    ("lora", "plain", {}), ("msam", "msam", {}), ("msam direction=previous", "msam", {"direction": "previous"}),
     ("miles", "miles", {}), ("mnl", "mnl", {}), ("cggm", "cggm", {}), ("ogm_ge", "ogm_ge", {}),
     # the debiasing recipes at the settings the recipe comparison uses (results/recipes/legacy-selection.md)
     ("poe prior_table", "poe", {"bias_expert": "prior_table"}), ("poe no_image", "poe", {"bias_expert": "no_image"}),

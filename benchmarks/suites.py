@@ -134,13 +134,12 @@ LEARNING_SPEED = Suite(
 
 def _fixed(folder: str, recipes: tuple, variants: dict) -> tuple:
     """Arms at their config files' settings, one per recipe and grouping variant (suffix -> label)."""
-    return tuple(Arm(("plain" if r == "lora" else r) + (f" {label}" if sfx else ""),
-                     f"imbalance/{folder}/{'plain' if r == 'lora' else r}{sfx}")
+    return tuple(Arm(r + (f" {label}" if sfx else ""), f"imbalance/{folder}/{r}{sfx}")
                  for r in recipes for sfx, label in variants.items())
 
 
 def _variant_pairs(recipes: tuple, label: str) -> tuple:
-    return tuple((("plain" if r == "lora" else r), ("plain" if r == "lora" else r) + f" {label}") for r in recipes)
+    return tuple((r, f"{r} {label}") for r in recipes)
 
 
 def late_fusion_base(seed: int) -> str:
@@ -195,7 +194,7 @@ def _speed_variant(name: str, title: str, setup: str, arms: tuple, pairs: tuple 
                  untrained={"before training": base}, pairs=pairs, per_type=("test-cp", "probe"))
 
 
-_STEER = ("lora", "miles", "ogm_ge", "cggm")
+_STEER = ("plain", "miles", "ogm_ge", "cggm")
 SUITES = {s.name: s for s in (
     RECIPES,
     LEARNING_SPEED,
@@ -205,19 +204,19 @@ SUITES = {s.name: s for s in (
                    _fixed("lora", _STEER, {"": "module-level", "_routed": "routed"}), _variant_pairs(_STEER, "routed")),
     _speed_variant("sgd", "The seed recipes under SGD with momentum, the papers' optimizer",
                    "SGD with momentum 0.9 (configs/imbalance/sgd/); ogm_ge and cggm scale gradients (the papers' form).",
-                   _fixed("sgd", ("lora", "ogm_ge", "msam", "sam", "miles", "mnl"), {"": ""})),
+                   _fixed("sgd", ("plain", "ogm_ge", "msam", "sam", "miles", "mnl"), {"": ""})),
     _speed_variant("encoders", "Encoder-level vs module-level parameter groups under SGD",
                    "SGD with momentum 0.9 (configs/imbalance/sgd/); encoder-level: the language group is the token "
                    "embeddings alone, the LLM's layers train at the base rate.",
-                   _fixed("sgd", ("lora", "ogm_ge", "miles", "cggm"), {"": "module-level", "_encoders": "encoders"}),
-                   _variant_pairs(("lora", "ogm_ge", "miles", "cggm"), "encoders")),
+                   _fixed("sgd", ("plain", "ogm_ge", "miles", "cggm"), {"": "module-level", "_encoders": "encoders"}),
+                   _variant_pairs(("plain", "ogm_ge", "miles", "cggm"), "encoders")),
     _speed_variant("overfit", "SAM and M-SAM in an overfitting regime (2,000 examples, 25 epochs)",
                    "SGD with momentum 0.9, lr 0.05, the first 2,000 training examples (configs/imbalance/overfit/).",
-                   _fixed("overfit", ("lora", "sam", "msam"), {"": ""})),
+                   _fixed("overfit", ("plain", "sam", "msam"), {"": ""})),
     _speed_variant("late-fusion", "The late-fusion control: image and question meet only in the answer's logits",
                    "A late-fusion model (late_fusion_model.py: the LLM reads the question without the image, an MLP "
                    "head reads the projector's features; logits summed), SGD with momentum 0.9 "
                    "(configs/imbalance/late_fusion/).",
-                   _fixed("late_fusion", ("lora", "ogm_ge", "sam", "msam", "miles", "mnl", "cggm"), {"": ""}),
+                   _fixed("late_fusion", ("plain", "ogm_ge", "sam", "msam", "miles", "mnl", "cggm"), {"": ""}),
                    base=late_fusion_base, reference="imbalance/late_fusion/plain"),
 )}
