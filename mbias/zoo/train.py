@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ZooTrainConfig:
-    family: str = field(default="llava", metadata={"help": "tiny architecture to train (mbias.tiny builders)"})
     hidden: int = field(default=64, metadata={"help": "language model width"})
     text_layers: int = field(default=2, metadata={"help": "language model layers"})
     vision_layers: int = field(default=2, metadata={"help": "vision tower layers"})
