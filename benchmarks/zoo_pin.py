@@ -148,8 +148,10 @@ def main() -> None:
         return f"{f.format(k * s['mean'])} [{f.format(k * s['ci95'][0])}, {f.format(k * s['ci95'][1])}]"
 
     lines = ["# Zoo builds: candidates and the pinned choice", "",
-             f"`{command}` · commit {prov['git_commit']} · {candidates[names[0]]['record'].get('machine')} · "
-             f"torch {prov['versions'].get('torch')} · {prov['date']} · {prov['wall_seconds']} s", "",
+             f"- command: `{command}`", f"- commit: {prov['git_commit']}",
+             f"- machine: {candidates[names[0]]['record'].get('machine')} (where the builds trained)",
+             f"- versions: torch {prov['versions'].get('torch')}", f"- date: {prov['date']}; wall time "
+             f"{prov['wall_seconds']} s", "",
              f"Rule: {SELECTION_RULE}", "",
              "| build | test-cp accuracy | follows cue on test-cp (%) | band | test-balanced accuracy | test-id accuracy "
              "| pinned as |", "|---|---|---|---|---|---|---|"]

@@ -117,3 +117,14 @@ def test_selection_applies_one_rule_to_arms_and_decode_rows(monkeypatch, tmp_pat
     assert chosen["fix"]["setting"] == {}  # the higher val-balanced setting fell below the floor
     assert chosen["decoded"]["setting"] == "contrastive:alpha=1"  # alpha=2 fell below it too
     assert harness.chosen_settings(suite)["decoded"] == "contrastive:alpha=1"
+
+
+def test_every_results_file_names_its_command_commit_and_machine_at_its_top():
+    """Issue 26: a number a reviewer reads can be traced to the command, the commit and the machine that made it."""
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    missing = []
+    for md in sorted(results.rglob("*.md")):
+        head = "\n".join(md.read_text().splitlines()[:12])
+        if not all(f"- {key}:" in head for key in ("command", "commit", "machine")):
+            missing.append(str(md.relative_to(results)))
+    assert not missing, f"results files without '- command:', '- commit:' and '- machine:' in their first lines: {missing}"
