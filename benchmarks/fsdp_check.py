@@ -38,6 +38,7 @@ def main() -> None:
     from mbias.finetune.config import FinetuneConfig
     from mbias.finetune.run import train
 
+    gpu = torch.cuda.is_available()  # without one: the same loop in float32, one process (a check of the script)
     report, rank0 = {}, True
     out = Path(args.out)
     for tune in args.tunes.split(","):
@@ -52,7 +53,8 @@ def main() -> None:
                     torch.cuda.reset_peak_memory_stats()
                 config = FinetuneConfig(output_dir="unused", recipe=recipe, recipe_config=settings, tune=tune,
                                         max_steps=args.steps, per_device_train_batch_size=4, eval_samples=8,
-                                        max_train_samples=64, bf16=True, report_to="none", logging_steps=1,
+                                        max_train_samples=64, bf16=gpu, use_cpu=not gpu, report_to="none",
+                                        logging_steps=1,
                                         learning_rate=1e-3)
                 trainer, folder = train(args.model, "synth:shapes-p90/train", f"/tmp/mbias-fsdp/out/{key}",
                                         config=config, progress=False)
