@@ -1,7 +1,9 @@
 """GPU check for a session that is lent an accelerator: throughput, FLOP utilisation and memory of the default
 audit on a LLaVA-1.5-7B-shaped model (random weights: nothing can be downloaded), in bf16 and 4-bit; the same
 model split by accelerate's device map over all visible GPUs (on one GPU: part of it offloaded to the CPU), with
-its scores compared to the single-device run's; a QLoRA M-SAM step; and QLoRA steps of every recipe on a
+its scores compared to the single-device run's; the real-shape cost benchmark (``audit_cost.py``: the default
+audit per probe against each probe's minimum, at the LLaVA-1.5 shape and 7B width, with tokens/s and the fraction
+of the bf16 matmul peak); a QLoRA M-SAM step; and QLoRA steps of every recipe on a
 7B-wide, 2-layer model. Prints one short table; each stage adds to the JSON as it finishes, so a run cut short by
 the time limit still reports what it did.
 
@@ -221,6 +223,26 @@ def qlora_every_recipe(model_dir: Path, device: str, quant: bool) -> dict:
     return out
 
 
+def real_shape_cost(dev: torch.device, small: bool, peak: float, samples: int = 2) -> dict:
+    """``audit_cost.py`` at the LLaVA-1.5 shape (7B width; tiny with --small): the default audit's LLM tokens per
+    sample, per probe against its minimum, tokens/s and the fraction of the bf16 matmul peak."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from audit_cost import run_shapes
+
+    res = run_shapes(["llava-1.5"], "tiny" if small else "7b", samples, str(dev),
+                     peak_tflops=peak if dev.type == "cuda" else None)["llava-1.5"]
+    s = res["summary"]
+    return {"build_seconds": res["build_seconds"], "samples": samples,
+            **{k: s.get(k) for k in ("llm_tokens", "sum_of_probe_minima", "ratio_to_sum_of_minima", "audit_minimum",
+                                     "ratio_to_audit_minimum", "vision_tokens", "vision_minimum", "seconds",
+                                     "tokens_per_second", "tflops", "fraction_of_bf16_peak")},
+            "per_probe": {k: {kk: v.get(kk) for kk in ("forward_passes", "llm_tokens", "min_llm_tokens", "ratio",
+                                                        "seconds", "peak_memory_mib")}
+                          for k, v in s["stages"].items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny config (a CPU check of the code path)")
@@ -251,6 +273,11 @@ def main() -> None:
         torch.cuda.empty_cache()
     report["build_seconds"] = time.perf_counter() - t_start
     stage("audit_bf16", lambda: audit(model_dir, device, args.samples, quant=False))
+    # the real-shape benchmark (issue 28): about a minute at 7B width; left out when the audit ran long, so the
+    # stages after it still fit the time limit
+    stage("real_shape_cost", lambda: real_shape_cost(dev, args.small, report["matmul_peak_tflops"],
+                                                     samples=1 if args.small else 2)
+          if time.perf_counter() - t_start < 200 else "skipped (over 200 s already spent)")
     quant = dev.type == "cuda"  # bitsandbytes needs CUDA
     # 4-bit matmuls dequantise on the fly and run several times slower: fewer samples keep the check short
     stage("audit_4bit", lambda: audit(model_dir, device, max(2, args.samples // 4), quant=True) if quant else
@@ -280,6 +307,16 @@ def _print(report: dict) -> None:
         else:
             print(f"{key:<15}{r}")
     print(f"sharded scores vs one device: max |diff| {report['audit_sharded']['max_abs_diff_vs_one_device']:.2g}")
+    rc = report.get("real_shape_cost")
+    if isinstance(rc, dict):
+        frac = "" if rc.get("fraction_of_bf16_peak") is None else \
+            f", {rc['tflops']:.3g} TFLOP/s = {rc['fraction_of_bf16_peak']:.0%} of bf16 peak"
+        print(f"real shape (LLaVA-1.5, 576 image tokens): {rc['tokens_per_second']:.4g} LLM tokens/s{frac}; "
+              f"{rc['llm_tokens']:.4g} tokens/sample = {rc['ratio_to_sum_of_minima']:.2f}x the probes' minima")
+        for name, p in rc["per_probe"].items():
+            ratio = "-" if p.get("ratio") is None else f"{p['ratio']:.2f}x"
+            print(f"  {name:<14}{p['forward_passes']:>6.0f} passes {p['llm_tokens']:>12.4g} tokens  min "
+                  f"{p.get('min_llm_tokens') or 0:>10.4g}  {ratio:>7}  {p['seconds']:.2f} s")
     for name, q in [("msam 32 lyr", report["qlora_msam_step"]), *report["qlora_every_recipe"].items()]:
         if isinstance(q, str):
             print(f"qlora {name:<12}{q}")
