@@ -16,8 +16,21 @@ For several budgets: seconds per example and mean relative L1 error ||phi - phi*
 the speed-up at equal error.
 
     python benchmarks/shapley_vs_captum.py [--examples 6] [--grid 2]
+    python benchmarks/shapley_vs_captum.py --shape llava-1.5 [--examples 2]
 
 Writes benchmarks/results/shapley_vs_captum.{json,md}.
+
+``--shape llava-1.5``: the same comparison at the LLaVA-1.5 shape (``benchmarks/real_shapes.py``: CLIP at 336 px,
+patch 14, 576 image tokens; a tiny-width language model with random weights; POPE-style questions, the ones
+nearest 34 question tokens). Players = question tokens + the grid mm_shap picks (ceil(sqrt(#question tokens))
+squared cells, ``--grid`` overrides), far too many for exact enumeration, so the error is against a high-budget
+reference: mbias's permutation estimator with ``--reference-permutations`` antithetic permutations per game,
+drawn with other seeds than every estimate it judges, as two independent halves whose disagreement gives the
+reference's own noise (reported beside the errors). Also (c) MM-SHAP's own sampling scheme, as its released code
+(Heidelberg-NLP/CC-SHAP-VLM) runs it: ``shap.explainers.Permutation`` at max_evals 600 (+100 up to +300 until it
+fits), i.e. max_evals // (2n + 1) antithetic pairs for n players (``probes/mm_shap.py``,
+``reference_permutations``), on the same pixel-level game, with larger max_evals for a curve. Writes
+benchmarks/results/shapley_vs_captum_llava15.{json,md}.
 """
 
 from __future__ import annotations
@@ -117,12 +130,28 @@ def rel_error(phi: np.ndarray, exact: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=6)
-    ap.add_argument("--grid", type=int, default=2)
-    ap.add_argument("--max-players", type=int, default=12)
-    ap.add_argument("--captum-samples", default="1,2,4,8")
-    ap.add_argument("--mbias-permutations", default="2,4,8,16,32,64")
+    ap.add_argument("--shape", choices=("zoo", "llava-1.5"), default="zoo",
+                    help="zoo: zoo:shapes-p90 (16 image tokens); llava-1.5: benchmarks/real_shapes.py's LLaVA-1.5 "
+                         "shape (576 image tokens, random weights)")
+    ap.add_argument("--examples", type=int, default=None, help="zoo: 6; llava-1.5: 2")
+    ap.add_argument("--grid", type=int, default=None, help="zoo: 2; llava-1.5: mm_shap's rule, ceil(sqrt(#question))")
+    ap.add_argument("--max-players", type=int, default=12, help="zoo only (exact enumeration)")
+    ap.add_argument("--captum-samples", default=None, help="zoo: 1,2,4,8; llava-1.5: 1,2,4")
+    ap.add_argument("--mbias-permutations", default=None, help="zoo: 2,4,8,16,32,64; llava-1.5: 2,4,8,16")
+    ap.add_argument("--reference-permutations", type=int, default=32, help="llava-1.5: the reference's budget")
+    ap.add_argument("--mmshap-max-evals", default="600,1200", help="llava-1.5: shap max_evals (600 = MM-SHAP's)")
     args = ap.parse_args()
+    if args.shape == "llava-1.5":
+        run_llava15(args)
+    else:
+        for key, value in (("examples", 6), ("grid", 2), ("captum_samples", "1,2,4,8"),
+                           ("mbias_permutations", "2,4,8,16,32,64")):
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        run_zoo(args)
+
+
+def run_zoo(args) -> None:
     started = time.perf_counter()
 
     from mbias.captum_input import ImageTextInput
@@ -203,6 +232,208 @@ def main() -> None:
     (OUT / "shapley_vs_captum.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[len(header) + 6:]))
     print(f"speed-up at equal error: {speedup['text']}")
+
+def mmshap_scheme(value_fn, n: int, max_evals: int, seed: int) -> tuple[np.ndarray, int, int, int]:
+    """MM-SHAP's released sampling scheme on this game: CC-SHAP-VLM calls ``shap.explainers.Permutation`` with
+    max_evals 600, raised by 100 up to 900 while it is too low for the players (max_evals // (2n + 1) antithetic
+    pairs). Returns (phi, coalitions scored, model calls, the max_evals that ran)."""
+    from mm_shap_reference import import_shap
+
+    shap = import_shap()
+    seen = {"rows": 0, "calls": 0}
+
+    def predict(rows):
+        rows = np.asarray(rows).reshape(-1, n)
+        seen["rows"] += len(rows)
+        seen["calls"] += 1
+        return value_fn(torch.from_numpy(rows > 0.5)).detach().float().cpu().numpy()
+
+    def masker(mask, x):  # the players are the mask itself: the value function masks tokens and cells
+        return np.asarray(mask, dtype=np.float64).reshape(1, -1)
+
+    for budget in (max_evals, max_evals + 100, max_evals + 200, max_evals + 300):
+        try:
+            values = shap.explainers.Permutation(predict, masker, seed=seed)(np.ones((1, n)), max_evals=budget,
+                                                                             silent=True).values[0]
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValueError(f"max_evals {max_evals + 300} is too low for {n} players (MM-SHAP's code fails here too)")
+    return np.asarray(values, dtype=np.float64).reshape(-1), seen["rows"], seen["calls"], budget
+
+
+LLAVA_LABELS = ("captum (pixel game)", "MM-SHAP's scheme: shap Permutation (pixel game)", "mbias (pixel game)",
+                "mbias (feature game, default)")
+
+
+def run_llava15(args) -> None:
+    """The comparison at the LLaVA-1.5 shape, against a high-budget reference estimate (no exact values)."""
+    started = time.perf_counter()
+    import real_shapes
+
+    from mbias.captum_input import ImageTextInput
+    from mbias.models import ScoringConfig, wrap_model
+    from mbias.probes.mm_shap import reference_permutations
+    from mbias.shapley import permutation_shapley
+
+    def ints(text):
+        return [int(x) for x in text.split(",")]
+
+    n_examples, grid = args.examples or 2, args.grid or 6
+    captum_budgets = ints(args.captum_samples or "1,2,4")
+    ours_budgets = ints(args.mbias_permutations or "2,4,8,16")
+    shap_budgets = ints(args.mmshap_max_evals)
+    half = max(2, args.reference_permutations // 2)
+    batch = 32
+    t0 = time.perf_counter()
+    model, proc = real_shapes.build("llava-1.5")
+    scorers = {m: wrap_model(model, proc, config=ScoringConfig(masking=m, batch_size=batch),
+                             model_id="llava-1.5 shape (tiny width, random weights)") for m in ("pixel", "feature")}
+    build_seconds = time.perf_counter() - t0
+    pool = real_shapes.examples(len(real_shapes.QUESTIONS))
+    n_question = [scorers["pixel"].prepare(ex).n_question for ex in pool]
+    chosen = sorted(range(len(pool)), key=lambda i: (abs(n_question[i] - 34), i))[:n_examples]
+    budgets = dict(zip(LLAVA_LABELS, (captum_budgets, shap_budgets, ours_budgets, ours_budgets), strict=True))
+    rows = {label: {b: [] for b in bs} for label, bs in budgets.items()}
+    per_example = []
+    for idx in chosen:
+        ex = pool[idx]
+        prepared = {m: s.prepare(ex) for m, s in scorers.items()}
+        inputs = {m: ImageTextInput(scorers[m], prepared[m], grid, value="logprob") for m in scorers}
+        n = inputs["pixel"].n_itp_features
+        check_same_game(scorers["pixel"], prepared["pixel"], grid, inputs["pixel"].value, n)
+        info = {"example": ex.id, "question_tokens": prepared["pixel"].n_question, "image_cells": n -
+                prepared["pixel"].n_question, "players": n, "prompt_tokens": len(prepared["pixel"].prompt_ids),
+                "image_tokens": int(prepared["pixel"].image_positions.numel()),
+                "mmshap_reference_permutations_at_600": reference_permutations(n, 600)}
+        ref = {}
+        for m in scorers:
+            # two independent halves, seeded apart from every estimate below: their mean is the reference, half
+            # their L1 distance estimates the reference's own L1 error
+            t0 = time.perf_counter()
+            h = [permutation_shapley(inputs[m].value, n, half, rng=np.random.default_rng(10_000 * (k + 1) + idx),
+                                     batch_size=batch) for k in (0, 1)]
+            ref[m] = 0.5 * (h[0].phi + h[1].phi)
+            norm = max(np.abs(ref[m]).sum(), 1e-12)
+            info[m] = {"reference_seconds": time.perf_counter() - t0, "reference_permutations": 2 * half,
+                       "reference_coalitions": h[0].n_evaluations + h[1].n_evaluations,
+                       "reference_noise": float(0.5 * np.abs(h[0].phi - h[1].phi).sum() / norm),
+                       "v_full": h[0].v_full, "v_empty": h[0].v_empty, "phi_l1": float(norm),
+                       "phi_sum": float(ref[m].sum())}
+        for b in captum_budgets:
+            t0 = time.perf_counter()
+            phi = captum_user_path(scorers["pixel"], prepared["pixel"], grid, b, seed=idx)
+            rows[LLAVA_LABELS[0]][b].append((time.perf_counter() - t0, rel_error(phi, ref["pixel"]), 1 + b * n,
+                                             1 + b * n))
+        for b in shap_budgets:
+            t0 = time.perf_counter()
+            phi, coalitions, calls, used = mmshap_scheme(inputs["pixel"].value, n, b, seed=idx)
+            rows[LLAVA_LABELS[1]][b].append((time.perf_counter() - t0, rel_error(phi, ref["pixel"]), coalitions,
+                                             calls))
+            info.setdefault("mmshap_max_evals_run", {})[str(b)] = used
+        for m, label in (("pixel", LLAVA_LABELS[2]), ("feature", LLAVA_LABELS[3])):
+            for b in ours_budgets:
+                t0 = time.perf_counter()
+                res = permutation_shapley(inputs[m].value, n, b, rng=np.random.default_rng(idx), batch_size=batch)
+                rows[label][b].append((time.perf_counter() - t0, rel_error(res.phi, ref[m]), res.n_evaluations,
+                                       -(-res.n_evaluations // batch)))
+        per_example.append(info)
+        print(json.dumps(info), flush=True)
+
+    summary = {label: [{"budget": b, "seconds": float(np.mean([r[0] for r in v])),
+                        "rel_error": float(np.mean([r[1] for r in v])),
+                        "coalitions": float(np.mean([r[2] for r in v])),
+                        "forward_passes": float(np.mean([r[3] for r in v]))} for b, v in by_budget.items()]
+               for label, by_budget in rows.items()}
+    captum, shap_curve, ours_pixel, ours_feature = (summary[label] for label in LLAVA_LABELS)
+    speedups = {"captum_vs_mbias_pixel_game": speedup_at_equal_error(captum, ours_pixel),
+                "captum_vs_mbias_default": speedup_at_equal_error(captum, ours_feature),
+                "mmshap_vs_mbias_pixel_game": speedup_at_equal_error(shap_curve, ours_pixel),
+                "mmshap_vs_mbias_default": speedup_at_equal_error(shap_curve, ours_feature),
+                # MM-SHAP's own budget (max_evals 600) alone
+                "mmshap_600_vs_mbias_pixel_game": speedup_at_equal_error(shap_curve[:1], ours_pixel),
+                "mmshap_600_vs_mbias_default": speedup_at_equal_error(shap_curve[:1], ours_feature),
+                # where captum's every budget is less accurate than mbias's smallest, the rule above prices mbias at
+                # its smallest budget (a lower bound); this extrapolates captum's own curve to mbias's errors instead
+                "captum_vs_mbias_pixel_game_extrapolated": extrapolated_speedup(captum, ours_pixel),
+                "captum_vs_mbias_default_extrapolated": extrapolated_speedup(captum, ours_feature)}
+    noise = {m: float(np.mean([e[m]["reference_noise"] for e in per_example])) for m in scorers}
+    meta = {"command": "python benchmarks/shapley_vs_captum.py --shape llava-1.5", "shape": "llava-1.5",
+            "examples": len(chosen), "grid": grid, "threads": torch.get_num_threads(), "device": "cpu",
+            "date": time.strftime("%Y-%m-%d"), "build_seconds": build_seconds, "batch_size": batch,
+            "reference_permutations": 2 * half, "reference_noise": noise,
+            "reference_seconds_per_example": float(np.mean([sum(e[m]["reference_seconds"] for m in scorers)
+                                                            for e in per_example]))}
+    header, provenance = results_header(wall_seconds=time.perf_counter() - started)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "shapley_vs_captum_llava15.json").write_text(json.dumps(
+        {"meta": meta, "provenance": provenance, "examples": per_example, "curves": summary, **speedups}, indent=2))
+    q = ", ".join(str(e["question_tokens"]) for e in per_example)
+    players = ", ".join(str(e["players"]) for e in per_example)
+    lines = [f"# Shapley values at the LLaVA-1.5 shape: captum, MM-SHAP's sampling and mbias ({meta['date']}, CPU, "
+             f"{meta['threads']} threads)", "", *header, "",
+             f"`{meta['command']}`: `benchmarks/real_shapes.py`'s LLaVA-1.5 shape (CLIP at 336 px, patch 14, "
+             f"{per_example[0]['image_tokens']} image tokens; 2-layer, 64-wide language model; random weights), "
+             f"{len(chosen)} POPE-style questions of {q} question tokens ({', '.join(str(e['prompt_tokens']) for e in per_example)} "
+             f"prompt tokens with the image); players = question tokens + {grid}x{grid} image cells ({players} "
+             "players); value = log p(gold answer). Budget = captum n_samples (permutations), shap max_evals "
+             "(MM-SHAP's released code: 600, i.e. "
+             + ", ".join(str(e["mmshap_reference_permutations_at_600"]) for e in per_example)
+             + " permutations for these players), or mbias permutations (antithetic pairs).", "",
+             f"No exact values at this many players: the error is against a reference, mbias's estimator with "
+             f"{2 * half} antithetic permutations per game and example in two independent halves, seeded apart from "
+             f"the estimates. Its own relative L1 error, from the halves' disagreement: {noise['pixel']:.3f} "
+             f"(pixel game), {noise['feature']:.3f} (feature game); errors near that are at the reference's noise "
+             "floor.", "",
+             "| method | budget | coalitions scored | model calls | seconds / example | mean relative L1 error |",
+             "|---|---|---|---|---|---|"]
+    for label, curve in summary.items():
+        for point in curve:
+            lines.append(f"| {label} | {point['budget']} | {point['coalitions']:.0f} | {point['forward_passes']:.0f} "
+                         f"| {point['seconds']:.2f} | {point['rel_error']:.4f} |")
+    lines += ["", "The games (random weights): "
+              + "; ".join(f"{e['example']}: v(N) - v(empty) = {e['pixel']['v_full'] - e['pixel']['v_empty']:+.4f} "
+                          f"(pixel), {e['feature']['v_full'] - e['feature']['v_empty']:+.4f} (feature), "
+                          f"||phi||_1 = {e['pixel']['phi_l1']:.4f} / {e['feature']['phi_l1']:.4f}"
+                          for e in per_example)
+              + ". In an additive game every permutation gives the exact values and every estimator's error is 0; "
+              "the error of one antithetic pair (mbias, budget 2) measures how far from additive these games are.",
+              "", f"Reference estimates took {meta['reference_seconds_per_example']:.0f} s per example (both games).",
+              "", f"Speed-up at equal error, captum vs mbias, same pixel-level game: "
+              f"{speedups['captum_vs_mbias_pixel_game']['text']}",
+              f"Speed-up at equal error, captum vs mbias default (feature-level) game: "
+              f"{speedups['captum_vs_mbias_default']['text']}",
+              "Where captum's error at every budget it ran is above mbias's at its smallest, the two lines above "
+              "price mbias at its smallest budget (mbias more accurate there), a lower bound. Extrapolating captum's "
+              "own curve (log time against log error, fitted through its budgets) to the errors mbias reaches: "
+              f"{speedups['captum_vs_mbias_pixel_game_extrapolated']['text']} on the pixel-level game, "
+              f"{speedups['captum_vs_mbias_default_extrapolated']['text']} against the default game.",
+              f"Speed-up at equal error, MM-SHAP's scheme (shap Permutation, max_evals {','.join(map(str, shap_budgets))}) "
+              f"vs mbias, same pixel-level game: {speedups['mmshap_vs_mbias_pixel_game']['text']}; at its own budget "
+              f"(600) alone: {speedups['mmshap_600_vs_mbias_pixel_game']['text']}",
+              f"Speed-up at equal error, MM-SHAP's scheme vs mbias default (feature-level) game: "
+              f"{speedups['mmshap_vs_mbias_default']['text']}; at its own budget (600) alone: "
+              f"{speedups['mmshap_600_vs_mbias_default']['text']}"]
+    (OUT / "shapley_vs_captum_llava15.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[len(header) + 2:]))
+
+
+def extrapolated_speedup(theirs: list[dict], ours: list[dict]) -> dict:
+    """captum's time at each mbias point's error, from a line through captum's points in log error / log time
+    (extrapolated, not measured); the median ratio over mbias's budgets."""
+    if len(theirs) < 2:
+        return {"median": None, "points": [], "text": "not extrapolable (fewer than two captum budgets)"}
+    slope, intercept = np.polyfit(np.log([max(p["rel_error"], 1e-9) for p in theirs]),
+                                  np.log([p["seconds"] for p in theirs]), 1)
+    points = []
+    for p in ours:
+        t_theirs = float(np.exp(intercept + slope * np.log(max(p["rel_error"], 1e-9))))
+        points.append({"mbias_seconds": p["seconds"], "error": p["rel_error"], "captum_seconds": t_theirs,
+                       "ratio": t_theirs / p["seconds"]})
+    med = float(np.median([r["ratio"] for r in points]))
+    return {"median": med, "slope": float(slope), "points": points,
+            "text": f"{med:.0f}x median over mbias's budgets (captum's seconds ~ error^{slope:.2f})"}
 
 
 def speedup_at_equal_error(theirs: list[dict], ours: list[dict]) -> dict:
