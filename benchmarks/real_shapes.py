@@ -114,17 +114,14 @@ def _qwen2_vl(px, width, device, dtype):
         Qwen2VLVideoProcessor,
     )
 
-    from mbias.tiny import QWEN2_VL_CHAT_TEMPLATE, build_tokenizer
+    from mbias.tiny import QWEN2_VL_CHAT_TEMPLATE, QWEN2_VL_SPECIALS, qwen2_vl_tokenizer
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-    tok = build_tokenizer(specials)
-    tok.pad_token, tok.eos_token = "<|endoftext|>", "<|im_end|>"
+    tok = qwen2_vl_tokenizer()
     pixels = px * px
     kw = dict(min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2, temporal_patch_size=2)
     proc = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**kw), tokenizer=tok,
                             video_processor=Qwen2VLVideoProcessor(**kw), chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    t = {s: tok.convert_tokens_to_ids(s) for s in specials}
+    t = {s: tok.convert_tokens_to_ids(s) for s in QWEN2_VL_SPECIALS}
     ids = dict(bos_token_id=t["<|endoftext|>"], eos_token_id=t["<|im_end|>"], pad_token_id=t["<|endoftext|>"])
     if width == "tiny":
         text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -153,12 +150,9 @@ def _smolvlm(width, device, dtype):
         Idefics3VisionConfig,
     )
 
-    from mbias.tiny import IDEFICS3_CHAT_TEMPLATE, build_tokenizer
+    from mbias.tiny import IDEFICS3_CHAT_TEMPLATE, idefics3_tokenizer
 
-    extra = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
-    extra += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tok = build_tokenizer(["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"], extra_tokens=extra)
-    tok.pad_token, tok.bos_token, tok.eos_token, tok.unk_token = "<pad>", "<|im_start|>", "<end_of_utterance>", "<unk>"
+    tok = idefics3_tokenizer()
     tile, patch, scale = 384, 14, 3
     image_seq_len = (tile // patch) ** 2 // scale ** 2  # 81
     proc = Idefics3Processor(

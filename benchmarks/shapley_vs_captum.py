@@ -128,6 +128,17 @@ def rel_error(phi: np.ndarray, exact: np.ndarray) -> float:
     return float(np.abs(phi - exact).sum() / max(np.abs(exact).sum(), 1e-12))
 
 
+
+def _curve_table(summary: dict, calls: str, seconds_decimals: int) -> list[str]:
+    """The results table: one row per method and budget (``calls`` names the forward-pass column)."""
+    lines = [f"| method | budget | coalitions scored | {calls} | seconds / example | mean relative L1 error |",
+             "|---|---|---|---|---|---|"]
+    for label, curve in summary.items():
+        for point in curve:
+            lines.append(f"| {label} | {point['budget']} | {point['coalitions']:.0f} | {point['forward_passes']:.0f} | "
+                         f"{point['seconds']:.{seconds_decimals}f} | {point['rel_error']:.4f} |")
+    return lines
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=("zoo", "llava-1.5"), default="zoo",
@@ -220,12 +231,7 @@ def run_zoo(args) -> None:
              "", *header, "", f"`{meta['command']}`: zoo:shapes-p90, {len(chosen)} examples of synth:shapes-p90/test-balanced, "
              f"players = question tokens + {args.grid}x{args.grid} image cells (at most {args.max_players}); "
              "budget = captum n_samples (permutations) or mbias permutations (antithetic pairs).", "",
-             "| method | budget | coalitions scored | forward passes | seconds / example | mean relative L1 error |",
-             "|---|---|---|---|---|---|"]
-    for label, curve in summary.items():
-        for point in curve:
-            lines.append(f"| {label} | {point['budget']} | {point['coalitions']:.0f} | {point['forward_passes']:.0f} | "
-                         f"{point['seconds']:.3f} | {point['rel_error']:.4f} |")
+             *_curve_table(summary, "forward passes", seconds_decimals=3)]
     lines += ["", f"Exact enumeration (ground truth) took {meta['exact_seconds_per_example']:.2f} s per example.", "",
               f"Speed-up at equal error, same pixel-level game: {speedup['text']}",
               f"Speed-up at equal error, mbias default (feature-level) game: {speedup_default['text']}"]
@@ -386,12 +392,7 @@ def run_llava15(args) -> None:
              f"the estimates. Its own relative L1 error, from the halves' disagreement: {noise['pixel']:.3f} "
              f"(pixel game), {noise['feature']:.3f} (feature game); errors near that are at the reference's noise "
              "floor.", "",
-             "| method | budget | coalitions scored | model calls | seconds / example | mean relative L1 error |",
-             "|---|---|---|---|---|---|"]
-    for label, curve in summary.items():
-        for point in curve:
-            lines.append(f"| {label} | {point['budget']} | {point['coalitions']:.0f} | {point['forward_passes']:.0f} "
-                         f"| {point['seconds']:.2f} | {point['rel_error']:.4f} |")
+             *_curve_table(summary, "model calls", seconds_decimals=2)]
     lines += ["", "The games (random weights): "
               + "; ".join(f"{e['example']}: v(N) - v(empty) = {e['pixel']['v_full'] - e['pixel']['v_empty']:+.4f} "
                           f"(pixel), {e['feature']['v_full'] - e['feature']['v_empty']:+.4f} (feature), "

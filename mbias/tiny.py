@@ -215,16 +215,24 @@ def build_llava_next(out_dir: str | Path, *, image_size: int = 32, patch_size: i
     return _save(model, processor, out_dir)
 
 
+QWEN2_VL_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                     "<|image_pad|>", "<|video_pad|>")
+
+
+def qwen2_vl_tokenizer():
+    """The Qwen2-VL tokenizer layout: its vision start/end, image and video pad tokens (``QWEN2_VL_SPECIALS``)."""
+    tokenizer = build_tokenizer(list(QWEN2_VL_SPECIALS))
+    tokenizer.pad_token, tokenizer.eos_token = "<|endoftext|>", "<|im_end|>"
+    return tokenizer
+
+
 def build_qwen2_vl(out_dir: str | Path, *, image_size: int = 64, patch_size: int = 8, hidden: int = 64,
                    seed: int = 0, version: str = "2") -> Path:
     """Qwen2-VL (or Qwen2.5-VL with ``version='2.5'``): native-resolution ViT, 2x2 patch merge, M-RoPE."""
     import torch
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = build_tokenizer(specials)
-    tokenizer.pad_token, tokenizer.eos_token = "<|endoftext|>", "<|im_end|>"
+    tokenizer = qwen2_vl_tokenizer()
     pixels = image_size * image_size
     image_processor = Qwen2VLImageProcessor(
         min_pixels=pixels, max_pixels=pixels, patch_size=patch_size, merge_size=2, temporal_patch_size=2
@@ -236,7 +244,7 @@ def build_qwen2_vl(out_dir: str | Path, *, image_size: int = 64, patch_size: int
         image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIALS}
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                 rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
@@ -263,6 +271,16 @@ def build_qwen2_vl(out_dir: str | Path, *, image_size: int = 64, patch_size: int
     return _save(model, processor, out_dir)
 
 
+def idefics3_tokenizer():
+    """The Idefics3 / SmolVLM tokenizer layout: its image, tile-position and end-of-utterance tokens."""
+    extra = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
+    extra += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tokenizer = build_tokenizer(["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"], extra_tokens=extra)
+    tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token = (
+        "<pad>", "<|im_start|>", "<end_of_utterance>", "<unk>")
+    return tokenizer
+
+
 def build_idefics3(out_dir: str | Path, *, image_size: int = 64, patch_size: int = 8, hidden: int = 64,
                    scale_factor: int = 2, split_images: bool = False, seed: int = 0) -> Path:
     """Idefics3 / SmolVLM layout: SigLIP-style ViT, pixel-shuffle connector, Llama; optional image splitting."""
@@ -275,11 +293,7 @@ def build_idefics3(out_dir: str | Path, *, image_size: int = 64, patch_size: int
         Idefics3VisionConfig,
     )
 
-    extra = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
-    extra += [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
-    tokenizer = build_tokenizer(["<pad>", "<|im_start|>", "<|im_end|>", "<unk>"], extra_tokens=extra)
-    tokenizer.pad_token, tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token = (
-        "<pad>", "<|im_start|>", "<end_of_utterance>", "<unk>")
+    tokenizer = idefics3_tokenizer()
     image_processor = Idefics3ImageProcessor(
         size={"longest_edge": (2 if split_images else 1) * image_size},
         max_image_size={"longest_edge": image_size},

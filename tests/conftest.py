@@ -55,3 +55,22 @@ def accelerate_launch():
                 "--main_process_port", str(port)]
 
     return command
+
+
+def assert_checkpointing_trains_the_same(model_dir: str, config_for, out) -> None:
+    """Two short runs of ``config_for(gradient_checkpointing)`` (a FinetuneConfig), without and with gradient
+    checkpointing: the trained parameters must agree to float noise."""
+    import torch
+
+    from mbias.finetune.run import build_trainer
+
+    weights = {}
+    for checkpointing in (False, True):
+        trainer, _ = build_trainer(model_dir, "synth:shapes-p90/train", out / str(checkpointing), progress=False,
+                                   config=config_for(checkpointing))
+        trainer.train()
+        weights[checkpointing] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+                                  if p.requires_grad}
+    assert weights[True].keys() == weights[False].keys()
+    for name, w in weights[False].items():
+        assert torch.allclose(w, weights[True][name], atol=1e-6), name

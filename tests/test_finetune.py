@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_checkpointing_trains_the_same
 
 from mbias.errors import ConfigError
 from mbias.finetune.config import FinetuneConfig
@@ -415,16 +416,8 @@ def test_gradient_checkpointing_and_report_to_none_on_cpu(tiny_model_dir, tmp_pa
 def test_gradient_checkpointing_trains_the_same_weights_for_recipes_with_extra_passes(recipe, tiny_model_dir,
                                                                                       tmp_path):
     """Frozen-base passes, ablated variants, SAM's second forward: recomputed layers give the same gradients."""
-    weights = {}
-    for checkpointing in (False, True):
-        trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / str(checkpointing), progress=False,
-                                   config=_config(recipe, gradient_checkpointing=checkpointing))
-        trainer.train()
-        weights[checkpointing] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
-                                  if p.requires_grad}
-    assert weights[True].keys() == weights[False].keys()
-    for name, w in weights[False].items():
-        assert torch.allclose(w, weights[True][name], atol=1e-6), name
+    assert_checkpointing_trains_the_same(tiny_model_dir("llava"),
+                                         lambda on: _config(recipe, gradient_checkpointing=on), tmp_path)
 
 
 def test_one_config_file_reproduces_a_run_and_old_keys_name_their_new_ones(tiny_model_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_checkpointing_trains_the_same
 
 from mbias.data import load_data
 from mbias.errors import ConfigError
@@ -125,17 +126,9 @@ def test_routing_settings_that_cannot_work_are_refused():
 def test_a_routed_adapter_trains_the_same_with_gradient_checkpointing(recipe, settings, tiny_model_dir, tmp_path):
     """Checkpointed layers are recomputed during backward, after the step's other passes (the ablated variants)
     embedded other ids: each recomputation must route with its own pass's image positions."""
-    weights = {}
-    for checkpointing in (False, True):
-        trainer, _ = build_trainer(tiny_model_dir("llava"), DATA, tmp_path / str(checkpointing), progress=False,
-                                   config=_config(recipe, recipe_config=settings,
-                                                  gradient_checkpointing=checkpointing))
-        trainer.train()
-        weights[checkpointing] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
-                                  if p.requires_grad}
-    assert weights[True].keys() == weights[False].keys()
-    for name, w in weights[False].items():
-        assert torch.allclose(w, weights[True][name], atol=1e-6), name
+    assert_checkpointing_trains_the_same(
+        tiny_model_dir("llava"), lambda on: _config(recipe, recipe_config=settings, gradient_checkpointing=on),
+        tmp_path)
 
 
 def test_mbias_audit_reads_a_routed_adapter_and_says_so(tiny_model_dir, tmp_path):
