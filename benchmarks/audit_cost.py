@@ -44,56 +44,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbias.models.prefix import token_identities, trie_size
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 OUT = Path(__file__).parent / "results" / "cost"
 STAGES = ("prepare", "full outcome")  # what the audit does before the probes
-_P = np.uint64(1099511628211)  # FNV prime: the prefix hash h_i = h_{i-1} * P + x_i (mod 2^64)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # the minimum: prefix tries
-def trie_size(rows: list[np.ndarray]) -> int:
-    """Distinct prefixes over ``rows`` (int64 token identities): the tokens a perfect prefix cache computes."""
-    if not rows:
-        return 0
-    length = max(len(r) for r in rows)
-    mat = np.zeros((len(rows), length), dtype=np.uint64)
-    lens = np.array([len(r) for r in rows])
-    for i, r in enumerate(rows):
-        mat[i, :len(r)] = r.astype(np.uint64)
-    h = np.zeros(len(rows), dtype=np.uint64)
-    total = 0
-    with np.errstate(over="ignore"):
-        for t in range(length):
-            live = lens > t
-            h = h * _P + mat[:, t] + np.uint64(1)
-            total += len(np.unique(h[live]))
-    return int(total)
-
-
-class RowIds:
-    """Token identities of scored rows: ids at text positions, a projection of the feature row at image positions
-    (identical features give identical identities), answer tokens appended."""
-
-    def __init__(self, dim: int):
-        g = torch.Generator().manual_seed(0)
-        self.proj = torch.randn(dim, generator=g, dtype=torch.float64)
-
-    def rows(self, prepared, ids: torch.Tensor, feats: torch.Tensor | None, tails: list[torch.Tensor]) -> list:
-        out = []
-        img = prepared.image_positions
-        keys = None
-        if feats is not None and img.numel():
-            f = feats.to(torch.float64)
-            keys = (f.reshape(-1, f.shape[-1]).cpu() @ self.proj).reshape(f.shape[0], -1)
-            keys = keys.numpy().view(np.int64) | np.int64(1 << 62)
-        for v, tail in enumerate(tails):
-            row = ids[v].cpu().numpy().astype(np.int64).copy()
-            if keys is not None:
-                row[img.numpy()] = keys[v]
-            out.append(np.concatenate([row, tail.cpu().numpy().astype(np.int64)]))
-        return out
+def row_identities(prepared, ids: torch.Tensor, feats: torch.Tensor | None, tails: list[torch.Tensor]) -> list:
+    """Token identities of scored rows (``mbias.models.prefix.token_identities``), answer tokens appended."""
+    prompt = token_identities(prepared, ids, feats)
+    return [np.concatenate([prompt[v], tail.cpu().numpy().astype(np.int64)]) for v, tail in enumerate(tails)]
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -112,7 +76,6 @@ class Meter:
         self.layers, self.hidden = text.num_hidden_layers, text.hidden_size
         self.llm_params = sum(p.numel() for p in self.llm.parameters())
         self.vision_params = sum(p.numel() for p in self.vision.parameters())
-        self.ids = RowIds(text.hidden_size)
         self.reset()
         self._handles = [self.llm.register_forward_pre_hook(self._llm_hook, with_kwargs=True),
                          self.vision.register_forward_pre_hook(self._vision_pre, with_kwargs=True)]
@@ -199,7 +162,7 @@ class Meter:
         # what the measure needs: the logits that predict each answer token, i.e. the prompt and every answer token
         # but the last (the scorer feeds the last one too: that shows up as spent, not as needed)
         tails = [answers[c][:-1] for _, c in rows]
-        recorded = self.ids.rows(prepared, ids[sel], None if feats is None else feats[sel], tails)
+        recorded = row_identities(prepared, ids[sel], None if feats is None else feats[sel], tails)
         self.rows[self.stage].extend(recorded)
         if self.variants is not None:
             for (v, _), row in zip(rows, recorded, strict=True):
@@ -209,7 +172,7 @@ class Meter:
     def _generate_inputs(self, prepared, ids, feats, max_new_tokens=None):
         text = self._orig["generate_inputs"](prepared, ids, feats, max_new_tokens)
         new = torch.tensor(self.scorer.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
-        row = self.ids.rows(prepared, ids[:1], None if feats is None else feats[:1], [new[:-1]])
+        row = row_identities(prepared, ids[:1], None if feats is None else feats[:1], [new[:-1]])
         self.rows[self.stage].extend(row)
         if self.variants is not None:
             self.rows_by_key.setdefault(self.variants[0], []).extend(row)

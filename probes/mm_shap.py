@@ -238,7 +238,7 @@ class ReferenceGame:
                 todo[key] = paint_cells(p.image, self.baseline_image, (~row).nonzero().flatten().tolist(), self.grid,
                                         p.view_box)
         items = list(todo.items())
-        bs = max(1, sc.config.batch_size)
+        bs = sc.batch_rows()
         for i in range(0, len(items), bs):
             chunk = items[i:i + bs]
             for (key, _), f in zip(chunk, sc.image_features_for([img for _, img in chunk]), strict=True):

@@ -186,3 +186,52 @@ def test_parameter_groups_split_vision_and_language(scorer):
     groups = scorer.parameter_groups()
     assert groups["vision"] and groups["language"] and not groups["other"]
     assert not set(groups["vision"]) & set(groups["language"])
+
+
+def _permutation_coalitions(n_image: int, n_text: int, n_perm: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image_keep, text_keep) of the prefix coalitions of ``n_perm`` random permutations: the rows mm_shap asks
+    for, which share long prompt prefixes."""
+    gen = torch.Generator().manual_seed(0)
+    n = n_image + n_text
+    rows = []
+    for _ in range(n_perm):
+        perm = torch.randperm(n, generator=gen)
+        for k in range(n + 1):
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[perm[:k]] = True
+            rows.append(keep)
+    masks = torch.stack(rows)
+    return masks[:, :n_image], masks[:, n_image:]
+
+
+def test_prefix_cache_gives_the_full_forwards_scores_on_fewer_tokens(scorer, shapes_image):
+    """Variants that share a prompt prefix compute it once (``mbias.models.prefix``) and score what the full
+    forward scores, on fewer language-model tokens. PaliGemma's prefix attends both ways, so a cached prefix cannot
+    stand for it: the first-use check must find that and score in full."""
+    cls = type(scorer)
+    on = cls(scorer.model, scorer.processor, config=ScoringConfig(prefix_cache=True, batch_size=16))
+    off = cls(scorer.model, scorer.processor, config=ScoringConfig(prefix_cache=False, batch_size=16))
+    p = on.prepare(_example(shapes_image))
+    ik, tk = _permutation_coalitions(on.patch_groups(p).n, p.n_question)
+    tokens = []
+    llm = on._parts(on.language_modules)[0]
+
+    def count(module, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        tokens.append(int((x if x is not None else kwargs["input_ids"]).shape[:2].numel()))
+
+    handle = llm.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        expected = off.score(p, ik, tk, answers=p.choice_ids)
+        n_full = sum(tokens)
+        on.score(p, ik, tk, answers=p.choice_ids)  # the first use checks the cache against the full forward
+        tokens.clear()
+        got = on.score(p, ik, tk, answers=p.choice_ids)
+        n_shared = sum(tokens)
+    finally:
+        handle.remove()
+    assert torch.allclose(got, expected, atol=1e-4)
+    if scorer.family == "paligemma":
+        assert on._prefix_ok is False and n_shared == n_full
+    else:
+        assert on._prefix_ok is True and n_shared < 0.8 * n_full

@@ -34,7 +34,14 @@ class ScoringConfig:
                           "(vision tower runs once); pixel: paint the baseline into the pixels and re-run the tower"},
     )
     patch_grid: int = field(default=4, metadata={"help": "image players form a patch_grid x patch_grid grid"})
-    batch_size: int = field(default=32, metadata={"help": "masked variants per forward pass (halved on OOM)"})
+    batch_size: str | int = field(default="auto", metadata={
+        "help": "masked variants per forward pass, or auto: 32 on a CPU; on a GPU as many as an estimate of the "
+                "activations and cache per token fits in 70% of free memory. Halved on out-of-memory, and the size "
+                "that fit is kept for the rest of the run"})
+    prefix_cache: bool = field(default=True, metadata={
+        "help": "compute the prompt prefix that masked variants share once and reuse its key/value cache "
+                "(checked against the full forward on the first batch, and not used where they disagree); off: "
+                "every variant runs its whole prompt"})
     max_new_tokens: int = field(default=16, metadata={"help": "greedy generation length for open-ended answers"})
     prompt_template: str | None = field(
         default=None,
@@ -49,7 +56,14 @@ class ScoringConfig:
                               ("masking", MASKING_LEVELS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("patch_grid", "batch_size", "max_new_tokens"):
+        if isinstance(self.batch_size, str) and self.batch_size.strip().isdigit():
+            self.batch_size = int(self.batch_size)  # from the command line
+        if self.batch_size != "auto":
+            try:
+                check_number(self, "batch_size", integer=True, ge=1)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("; got", " or auto; got")) from None
+        for name in ("patch_grid", "max_new_tokens"):
             check_number(self, name, integer=True, ge=1)
         check_number(self, "noise_std", ge=0)
         check_number(self, "noise_seed", integer=True, ge=0)

@@ -58,6 +58,21 @@ class Qwen2VLScorer(Scorer):
         merge = self.model.config.vision_config.spatial_merge_size
         return geometry.grid_coords(gh // merge, gw // merge)
 
+    def prompt_positions(self, prepared, length):
+        """M-RoPE's [3, length] positions (temporal, height, width), from the model's own ``get_rope_index``."""
+        if not prepared.has_image:
+            return super().prompt_positions(prepared, length)
+        P = prepared.prompt_ids.shape[0]
+        ids = torch.nn.functional.pad(prepared.prompt_ids, (0, length - P), value=0).unsqueeze(0)
+        extras = {k: torch.nn.functional.pad(v, (0, length - P), value=0).unsqueeze(0)
+                  for k, v in prepared.token_inputs.items()}
+        rope = next(m for m in self.model.modules() if hasattr(m, "get_rope_index"))
+        dev = self.device
+        positions, _ = rope.get_rope_index(ids.to(dev), image_grid_thw=prepared.meta_inputs["image_grid_thw"].to(dev),
+                                           attention_mask=torch.ones_like(ids).to(dev),
+                                           **{k: v.to(dev) for k, v in extras.items()})
+        return positions[:, 0]
+
 
 class Idefics3Scorer(Scorer):
     """Idefics3 / SmolVLM: optional rows x cols tiles, then the global image; pixel-shuffled, row-major."""

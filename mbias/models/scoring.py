@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from mbias.errors import MbiasError
 from mbias.example import normalize_answer
-from mbias.models import geometry
+from mbias.models import geometry, prefix
 from mbias.models.batching import right_pad
 from mbias.models.types import Prediction, Prepared
 
@@ -64,7 +65,7 @@ class ScoringMixin:
                 masked = [groups.cells[g] for g in (~ik[v]).nonzero().flatten().tolist()]
                 todo.append((v, geometry.paint_cells(prepared.image, base_img, masked, groups.grid,
                                                      prepared.view_box)))
-        bs = max(1, self.config.batch_size)
+        bs = self.batch_rows()
         for i in range(0, len(todo), bs):
             chunk = todo[i:i + bs]
             feats = self.image_features_for([img for _, img in chunk])
@@ -99,16 +100,53 @@ class ScoringMixin:
         if all(a.numel() == 1 for a in answers):
             tokens = torch.cat(answers)
             rows = [(v, 0) for v in range(n_var)]
-            out = self._chunked(rows, lambda chunk: self._first_token_scores(prepared, ids, feats, tokens, chunk))
+            out = self._chunked(rows, lambda chunk: self._first_token_scores(prepared, ids, feats, tokens, chunk),
+                                inputs=(prepared, ids, feats), width=n_ans)
         else:
             rows = [(v, c) for v in range(n_var) for c in range(n_ans)]
-            out = self._chunked(rows, lambda chunk: self._score_rows(prepared, ids, feats, answers, chunk))
+            out = self._chunked(rows, lambda chunk: self._score_rows(prepared, ids, feats, answers, chunk),
+                                inputs=(prepared, ids, feats))
         out = out.view(n_var, n_ans)
         return out[:, 0] if single else out
 
-    def _chunked(self, rows: list, fn) -> torch.Tensor:
-        """``fn`` over chunks of ``rows`` of the configured batch size, halving it on out-of-memory."""
-        parts, done, bs = [], 0, self.config.batch_size
+    def _chunked(self, rows: list, fn, *, inputs=None, width: int = 1) -> torch.Tensor:
+        """``fn`` over chunks of ``rows`` of the configured batch size, halving it on out-of-memory.
+
+        With ``inputs`` (prepared, ids, feats) and the prefix cache on, identical rows are scored once (so they get
+        identical values: a null player's marginal is exactly 0) and the rest in prefix order, so the rows of one
+        chunk share as much of their prompts as they can (``_forward_rows`` reuses it); ``fn`` returns ``width``
+        values per row, and the result is in the order of ``rows``."""
+        length = 512 if inputs is None else int(inputs[1].shape[1])
+        if inputs is None or not self.config.prefix_cache or self._prefix_ok is False or len(rows) < 2:
+            return self._chunks(rows, fn, length)
+        ident = prefix.token_identities(*inputs)[[v for v, _ in rows]]
+        table = np.concatenate([ident, np.array([[c] for _, c in rows], dtype=np.int64)], axis=1)
+        _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)  # sorted: prefix order
+        out = self._chunks([rows[i] for i in first], fn, length).view(len(first), width)
+        return out[torch.from_numpy(inverse.reshape(-1))].reshape(-1)
+
+    # rows per forward pass under ``batch_size: auto`` on a CPU (larger batches do not run faster there)
+    CPU_BATCH_ROWS = 32
+    _row_ceiling: int | None = None  # the largest batch that has not run out of memory on this model
+
+    def batch_rows(self, length: int = 512) -> int:
+        """Rows of ``length`` tokens per forward pass: the configured batch size or, under ``auto``, an estimate of
+        what fits (what is computed and held per token: the key/value cache of every layer, about 16 hidden-sized
+        activations in flight, and float32 logits per row), capped by any size that ran out of memory before."""
+        rows = self.config.batch_size
+        if rows == "auto":
+            rows = self.CPU_BATCH_ROWS
+            if self.device.type == "cuda":
+                text = self.model.config.get_text_config()
+                size = torch.finfo(self.model.dtype).bits // 8
+                per_token = text.hidden_size * size * (2 * text.num_hidden_layers + 16)
+                per_row = length * per_token + 4 * 4 * text.vocab_size
+                free, _ = torch.cuda.mem_get_info(self.device)
+                rows = int(min(1024, max(1, 0.7 * free // per_row)))
+        return max(1, min(rows, self._row_ceiling or rows))
+
+    def _chunks(self, rows: list, fn, length: int = 512) -> torch.Tensor:
+        parts, done, bs = [], 0, self.batch_rows(length)
         while done < len(rows):
             chunk = rows[done:done + bs]
             try:
@@ -117,7 +155,7 @@ class ScoringMixin:
                 if bs == 1:
                     raise MbiasError("out of memory scoring a single variant; use a smaller model, --dtype "
                                      "bfloat16, --load-in-4bit, or a device with more memory") from None
-                bs = max(1, bs // 2)
+                bs = self._row_ceiling = max(1, bs // 2)
                 logger.warning("out of memory; retrying with batch size %d", bs)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -135,8 +173,24 @@ class ScoringMixin:
         """Logits [B, max_a + 1, vocab] at the positions that predict each row's continuation tokens.
 
         Row b is prompt ``ids[v]`` (+ image rows ``feats[v]``) followed by ``answers[c]`` for ``(v, c) = rows[b]``,
-        right-padded. Position t of the output predicts continuation token t.
+        right-padded. Position t of the output predicts continuation token t. Rows that share a prompt prefix
+        share its computation when the prefix cache is on (``_forward_shared``).
         """
+        if self.config.prefix_cache and self._prefix_ok is not False and not forward_kwargs and len(rows) > 1:
+            sel = [v for v, _ in rows]
+            max_a = max(int(answers[c].numel()) for _, c in rows)
+            shared = prefix.plan(prefix.token_identities(prepared, ids[sel], None if feats is None else feats[sel]),
+                                 max_a)
+            if shared is not None and self._prefix_ok:
+                return self._forward_shared(prepared, ids, feats, answers, rows, shared), None
+            if shared is not None:  # first use on this model: the full forward must agree
+                full = self._forward_full(prepared, ids, feats, answers, rows)
+                self._check_prefix_cache(lambda: self._forward_shared(prepared, ids, feats, answers, rows, shared),
+                                         full[0])
+                return full
+        return self._forward_full(prepared, ids, feats, answers, rows, **forward_kwargs)
+
+    def _forward_full(self, prepared, ids, feats, answers, rows, **forward_kwargs):
         dev = self.device
         max_a = max(int(answers[c].numel()) for _, c in rows)
         B = len(rows)
@@ -152,6 +206,91 @@ class ScoringMixin:
                 kwargs[k] = v.repeat(B, *([1] * (v.dim() - 1))).to(dev)
         out = self.model(**kwargs, use_cache=False, logits_to_keep=max_a + 1, **forward_kwargs)
         return out.logits[:, :-1], out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # the prefix cache
+    _prefix_ok: bool | None = None  # None: not checked on this model yet
+
+    def _forward_shared(self, prepared, ids, feats, answers, rows, shared: prefix.Plan) -> torch.Tensor:
+        """``_forward_rows``'s logits, computing each level of ``shared`` once per distinct prefix and the tail
+        (rest of the prompt, then the answer) per row on top of its prefix's key/value cache.
+
+        Levels go through the model's forward as ``inputs_embeds`` (token embeddings with the image feature rows
+        placed at the image positions, what the family's own scatter produces) with explicit position ids
+        (``prompt_positions``: M-RoPE for Qwen2-VL), so a level may end inside the image."""
+        from transformers import DynamicCache
+
+        dev, dtype = self.device, self.model.dtype
+        embed = self.model.get_input_embeddings()
+        sel = torch.tensor([v for v, _ in rows])
+        max_a = max(int(answers[c].numel()) for _, c in rows)
+        P = ids.shape[1]
+        positions = self.prompt_positions(prepared, P + max_a).to(dev)
+        image_at = torch.full((P,), -1, dtype=torch.long)
+        if feats is not None:
+            image_at[prepared.image_positions] = torch.arange(prepared.n_image_tokens)
+
+        def embeddings(variants: torch.Tensor, start: int, end: int) -> torch.Tensor:
+            x = embed(ids[variants, start:end].to(dev))
+            slot = image_at[start:end]
+            where = (slot >= 0).nonzero().flatten()
+            if len(where):
+                x[:, where.to(dev)] = feats[variants[:, None], slot[where][None, :]].to(dev, x.dtype)
+            return x
+
+        def select(kv, index) -> DynamicCache | None:
+            if kv is None:
+                return None
+            index = torch.as_tensor(index, device=dev)
+            return DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index)) for k, v in kv])
+
+        def run(x, start, cache, mask, n_keep):
+            n, length = x.shape[0], x.shape[1]
+            pos = positions[..., start:start + length]
+            pos = pos.unsqueeze(-2).expand(*pos.shape[:-1], n, length) if pos.dim() > 1 else pos.expand(n, length)
+            return self.model(inputs_embeds=x.to(dtype), attention_mask=mask, position_ids=pos, cache=cache,
+                              use_cache=True, logits_to_keep=n_keep)
+
+        kv = None
+        for level in shared.levels:
+            variants = sel[level.rows]
+            out = run(embeddings(variants, level.start, level.end), level.start,
+                      select(kv, level.parent) if level.parent is not None else None,
+                      torch.ones(len(variants), level.end, dtype=torch.long, device=dev), 1)
+            kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        start = shared.tail_start
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        tail = right_pad([ids[v, start:] for v, _ in rows], [answers[c] for _, c in rows], pad_id,
+                         [{}] * len(rows), self._answer_fill)
+        x = embeddings(sel, start, P)
+        x = torch.cat([x, embed(tail["input_ids"][:, P - start:].to(dev))], dim=1)
+        mask = torch.cat([torch.ones(len(rows), start, dtype=torch.long), tail["attention_mask"]], dim=1)
+        out = run(x, start, select(kv, shared.tail_parent), mask.to(dev), max_a + 1)
+        return out.logits[:, :-1]
+
+    def prompt_positions(self, prepared, length: int) -> torch.Tensor:
+        """Position ids of a prompt of ``prepared``'s layout followed by ``length - P`` answer tokens: [length],
+        or [k, length] for families with multi-axis positions (family hook; Qwen2-VL's M-RoPE)."""
+        return torch.arange(length)
+
+    def _check_prefix_cache(self, shared, full: torch.Tensor) -> None:
+        """The prefix cache is used on this model only if ``shared()`` gives the full forward's log-probabilities
+        (to float noise: 1e-3 in float32, 0.05 in half precision). A family whose forward does more than a causal
+        prefix, like PaliGemma's bidirectional prefix, fails this, as does one whose forward refuses the cache."""
+        tol = 1e-3 if self.model.dtype == torch.float32 else 5e-2
+        try:
+            a = torch.log_softmax(shared().float(), -1)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any refusal means: not on this model
+            self._prefix_ok = False
+            logger.info("prefix cache off for this model (its forward refused it: %s); every variant runs in full", e)
+            return
+        gap = float((a - torch.log_softmax(full.float(), -1)).abs().max())
+        self._prefix_ok = gap <= tol
+        if not self._prefix_ok:
+            logger.info("prefix cache off for this model: it differs from the full forward by %.2g (tolerance "
+                        "%.0e); every variant runs in full", gap, tol)
 
     def _score_rows(self, prepared, ids, feats, answers, rows) -> torch.Tensor:
         logits, _ = self._forward_rows(prepared, ids, feats, answers, rows)
