@@ -24,7 +24,12 @@ estimator asks for at the configured tolerance (a different estimator could need
 the estimator mbias runs). The vision minimum is one pass per distinct image (the example's and each baseline's).
 Spent / minimum is what prefix reuse, padding and repeated rows would save at most.
 
+The scorer runs as a user's does: ``prefix_cache`` on (``mbias/models/prefix.py``: shared prefixes computed once,
+at the call cost the scorer times on its first batch) and ``batch_size: auto``; ``--no-prefix-cache`` scores every
+variant in full, for the before/after.
+
     python benchmarks/audit_cost.py [--shapes llava-1.5,qwen2-vl-448,qwen2-vl-896,smolvlm] [--samples 2]
+    python benchmarks/audit_cost.py --samples 4 --no-prefix-cache --name audit_cost_no_prefix_cache
     python benchmarks/audit_cost.py --width 7b --device cuda --shapes llava-1.5 --samples 2   # GPU (gpu_check.sh)
 
 Writes benchmarks/results/cost/audit_cost.{json,md} (``--width 7b``: audit_cost_7b.{json,md}, or under --out).
@@ -328,7 +333,7 @@ def _sync(dev):
 
 
 def run_shapes(shapes, width: str, n: int, device: str, probe_config: dict | None = None,
-               peak_tflops: float | None = None) -> dict:
+               peak_tflops: float | None = None, prefix_cache: bool = True) -> dict:
     import real_shapes
 
     from mbias.models import ScoringConfig, wrap_model
@@ -339,12 +344,15 @@ def run_shapes(shapes, width: str, n: int, device: str, probe_config: dict | Non
     for shape in shapes:
         t0 = time.perf_counter()
         model, proc = real_shapes.build(shape, width, dev, dtype)
-        scorer = wrap_model(model, proc, config=ScoringConfig(batch_size=32 if dev.type == "cpu" else 64),
+        scorer = wrap_model(model, proc, config=ScoringConfig(prefix_cache=prefix_cache),
                             model_id=f"{shape} ({width} width, random weights)")
         build_s = time.perf_counter() - t0
         res = audit_shape(scorer, real_shapes.examples(n + 1)[:n] if n > 1 else real_shapes.examples(2)[:1],
                           probe_config, dev)
         res["summary"] = summarize(res)
+        # the scoring settings the audit ran with (batch_size auto: what it came to at this prompt length)
+        res["summary"].update(prefix_cache=bool(scorer._prefix_ok), call_tokens=scorer._call_tokens,
+                              batch_rows=scorer.batch_rows(int(res["summary"]["prompt_tokens"])))
         res["build_seconds"] = build_s
         if peak_tflops:
             res["summary"]["tflops"] = res["summary"]["flops"] / res["summary"]["seconds"] / 1e12
@@ -375,6 +383,9 @@ def markdown(results: dict, header: list[str], meta: dict) -> list[str]:
                   f"would save {s['prefix_cache_saving']:.0%}); vision tower "
                   f"{s['vision_tokens']:,.0f} patches against {s['vision_minimum']:,.0f} "
                   f"({s['vision_ratio']:.2f}x); {s['seconds']:.1f} s, {s['tokens_per_second']:,.0f} LLM tokens/s"
+                  + (f"; prefix cache {'on' if s['prefix_cache'] else 'off'}"
+                     + (f" (a forward call timed at {s['call_tokens']:.0f} tokens)" if s["prefix_cache"] else "")
+                     + f", {s['batch_rows']} rows per batch" if "prefix_cache" in s else "")
                   + (f", {s['tflops']:.1f} TFLOP/s = {s['fraction_of_bf16_peak']:.0%} of the bf16 matmul peak"
                      if "tflops" in s else "") + ".", "",
                   "| stage | forward passes | LLM tokens | share | of which padding | vision passes | vision tokens "
@@ -398,6 +409,8 @@ def main() -> None:
     ap.add_argument("--width", choices=("tiny", "7b"), default="tiny")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--probe-config", default="{}", help="JSON, as the audit's probe_config")
+    ap.add_argument("--no-prefix-cache", action="store_true", help="score every variant in full (the scorer's "
+                    "prefix_cache off), for the before/after")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--name", help="file stem of the results (default audit_cost, audit_cost_7b at 7B width)")
     args = ap.parse_args()
@@ -410,7 +423,8 @@ def main() -> None:
 
         peak = matmul_peak(torch.device(args.device), torch.bfloat16)
     probe_config = json.loads(args.probe_config)
-    results = run_shapes(args.shapes.split(","), args.width, args.samples, args.device, probe_config, peak)
+    results = run_shapes(args.shapes.split(","), args.width, args.samples, args.device, probe_config, peak,
+                         prefix_cache=not args.no_prefix_cache)
     header, provenance = results_header(wall_seconds=time.perf_counter() - started)
     name = args.name or "audit_cost" + ("" if args.width == "tiny" else f"_{args.width}")
     meta = {"command": "python " + " ".join(["benchmarks/audit_cost.py", *sys.argv[1:]]), "width": args.width,

@@ -225,6 +225,10 @@ def test_prefix_cache_gives_the_full_forwards_scores_on_fewer_tokens(scorer, sha
         expected = off.score(p, ik, tk, answers=p.choice_ids)
         n_full = sum(tokens)
         on.score(p, ik, tk, answers=p.choice_ids)  # the first use checks the cache against the full forward
+        # ... and times a forward call; a tiny model's calls cost as much as hundreds of tokens, so the planner
+        # would rightly share little here: plan as for a large model, where a call costs a few tokens
+        assert 16 <= on._call_tokens <= 1e5
+        on._call_tokens = 16.0
         tokens.clear()
         got = on.score(p, ik, tk, answers=p.choice_ids)
         n_shared = sum(tokens)
@@ -235,3 +239,25 @@ def test_prefix_cache_gives_the_full_forwards_scores_on_fewer_tokens(scorer, sha
         assert on._prefix_ok is False and n_shared == n_full
     else:
         assert on._prefix_ok is True and n_shared < 0.8 * n_full
+
+
+def test_batch_size_auto_and_the_size_that_fit_is_kept(scorer):
+    """``batch_size: auto`` is 32 rows on a CPU; a batch that runs out of memory is halved, and later calls start
+    from the size that fit instead of running out of memory again."""
+    cls = type(scorer)
+    sc = cls(scorer.model, scorer.processor, config=ScoringConfig())
+    assert sc.config.batch_size == "auto" and sc.batch_rows() == 32
+    seen = []
+
+    def fn(chunk):
+        seen.append(len(chunk))
+        if len(chunk) > 5:
+            raise torch.OutOfMemoryError("simulated")
+        return torch.zeros(len(chunk))
+
+    assert sc._chunks(list(range(40)), fn).shape == (40,)
+    assert seen[:3] == [32, 16, 8] and max(seen[3:]) == 4 and sc.batch_rows() == 4
+    seen.clear()
+    sc._chunks(list(range(10)), fn)
+    assert seen == [4, 4, 2]
+    assert ScoringConfig(batch_size="12").batch_size == 12  # as the command line gives it

@@ -24,8 +24,9 @@ _IMAGE_TAG = np.int64(1) << np.int64(62)  # keeps feature fingerprints apart fro
 
 # Cost model of a level (in token-forwards): its rows x its tokens, the key/value copy of the cached prefix each
 # of its rows starts from (COPY per cached token: a memory copy against a forward's matmuls), and a fixed
-# overhead per forward call. Set on benchmarks/audit_cost.py's shapes (tiny width on a CPU); a level that does
-# not pay for itself is not planned.
+# overhead per forward call (``call``: CALL until the scorer has timed the model, ``ScoringMixin._check_prefix_cache``;
+# on a tiny model a call costs as much as hundreds of tokens, on a 7B one a few). A level that does not pay for
+# itself is not planned.
 COPY = 0.02
 CALL = 64.0
 
@@ -97,7 +98,7 @@ class Plan:
         return shared + len(self.tail_parent) * (prompt_len - self.tail_start + answer_len)
 
 
-def plan(identities: np.ndarray, answer_len: int = 1) -> Plan | None:
+def plan(identities: np.ndarray, answer_len: int = 1, call: float = CALL) -> Plan | None:
     """The cheapest split of the prompt into shared levels under the cost model above (dynamic programming over
     the positions where the number of distinct prefixes grows), or None when sharing does not pay (every row
     would be computed in full anyway)."""
@@ -117,12 +118,12 @@ def plan(identities: np.ndarray, answer_len: int = 1) -> Plan | None:
     best[0] = 0.0
     for j in range(1, len(cand)):
         s = cand[:j]
-        cost = best[:j] + u[j] * (cand[j] - s) + COPY * u[j] * s + CALL
+        cost = best[:j] + u[j] * (cand[j] - s) + COPY * u[j] * s + call
         back[j] = int(np.argmin(cost))
         best[j] = cost[back[j]]
-    tail = best + B * (P + answer_len - cand) + COPY * B * cand + CALL
+    tail = best + B * (P + answer_len - cand) + COPY * B * cand + call
     j = int(np.argmin(tail))
-    if j == 0 or tail[j] >= B * (P + answer_len) + CALL:
+    if j == 0 or tail[j] >= B * (P + answer_len) + call:
         return None
     chain = []
     while j:
