@@ -24,8 +24,8 @@ estimator asks for at the configured tolerance (a different estimator could need
 the estimator mbias runs). The vision minimum is one pass per distinct image (the example's and each baseline's).
 Spent / minimum is what prefix reuse, padding and repeated rows would save at most.
 
-The scorer runs as a user's does: ``prefix_cache`` on (``mbias/models/prefix.py``: shared prefixes computed once,
-at the call cost the scorer times on its first batch) and ``batch_size: auto``; ``--no-prefix-cache`` scores every
+The scorer runs as a user's does: ``prefix_cache`` on (``mbias/models/prefix.py``: shared prefixes computed once)
+and ``batch_size: auto``; ``--no-prefix-cache`` scores every
 variant in full, for the before/after.
 
     python benchmarks/audit_cost.py [--shapes llava-1.5,qwen2-vl-448,qwen2-vl-896,smolvlm] [--samples 2]
@@ -351,7 +351,7 @@ def run_shapes(shapes, width: str, n: int, device: str, probe_config: dict | Non
                           probe_config, dev)
         res["summary"] = summarize(res)
         # the scoring settings the audit ran with (batch_size auto: what it came to at this prompt length)
-        res["summary"].update(prefix_cache=bool(scorer._prefix_ok), call_tokens=scorer._call_tokens,
+        res["summary"].update(prefix_cache=bool(scorer._prefix_ok),
                               batch_rows=scorer.batch_rows(int(res["summary"]["prompt_tokens"])))
         res["build_seconds"] = build_s
         if peak_tflops:
@@ -383,9 +383,8 @@ def markdown(results: dict, header: list[str], meta: dict) -> list[str]:
                   f"would save {s['prefix_cache_saving']:.0%}); vision tower "
                   f"{s['vision_tokens']:,.0f} patches against {s['vision_minimum']:,.0f} "
                   f"({s['vision_ratio']:.2f}x); {s['seconds']:.1f} s, {s['tokens_per_second']:,.0f} LLM tokens/s"
-                  + (f"; prefix cache {'on' if s['prefix_cache'] else 'off'}"
-                     + (f" (a forward call timed at {s['call_tokens']:.0f} tokens)" if s["prefix_cache"] else "")
-                     + f", {s['batch_rows']} rows per batch" if "prefix_cache" in s else "")
+                  + (f"; prefix cache {'on' if s['prefix_cache'] else 'off'}, {s['batch_rows']} rows per batch"
+                     if "prefix_cache" in s else "")
                   + (f", {s['tflops']:.1f} TFLOP/s = {s['fraction_of_bf16_peak']:.0%} of the bf16 matmul peak"
                      if "tflops" in s else "") + ".", "",
                   "| stage | forward passes | LLM tokens | share | of which padding | vision passes | vision tokens "

@@ -238,7 +238,7 @@ def real_shape_cost(dev: torch.device, small: bool, peak: float, samples: int = 
             **{k: s.get(k) for k in ("llm_tokens", "sum_of_probe_minima", "ratio_to_sum_of_minima", "audit_minimum",
                                      "ratio_to_audit_minimum", "vision_tokens", "vision_minimum", "seconds",
                                      "tokens_per_second", "tflops", "fraction_of_bf16_peak", "prefix_cache",
-                                     "call_tokens", "batch_rows")},
+                                     "batch_rows")},
             "per_probe": {k: {kk: v.get(kk) for kk in ("forward_passes", "llm_tokens", "min_llm_tokens", "ratio",
                                                         "seconds", "peak_memory_mib")}
                           for k, v in s["stages"].items()}}
@@ -314,8 +314,8 @@ def _print(report: dict) -> None:
             f", {rc['tflops']:.3g} TFLOP/s = {rc['fraction_of_bf16_peak']:.0%} of bf16 peak"
         print(f"real shape (LLaVA-1.5, 576 image tokens): {rc['tokens_per_second']:.4g} LLM tokens/s{frac}; "
               f"{rc['llm_tokens']:.4g} tokens/sample = {rc['ratio_to_sum_of_minima']:.2f}x the probes' minima; "
-              f"prefix cache {'on' if rc.get('prefix_cache') else 'off'} (a call ~{rc.get('call_tokens') or 0:.0f} "
-              f"tokens), {rc.get('batch_rows')} rows per batch (auto)")
+              f"prefix cache {'on' if rc.get('prefix_cache') else 'off'}, {rc.get('batch_rows')} rows per batch "
+              "(auto)")
         for name, p in rc["per_probe"].items():
             ratio = "-" if p.get("ratio") is None else f"{p['ratio']:.2f}x"
             print(f"  {name:<14}{p['forward_passes']:>6.0f} passes {p['llm_tokens']:>12.4g} tokens  min "

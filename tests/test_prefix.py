@@ -49,7 +49,7 @@ def test_plan_shares_long_prefixes_and_declines_when_nothing_is_shared():
 def test_plan_levels_follow_a_two_level_tree():
     """Two groups sharing a template; inside each, rows sharing a longer prefix: the plan's levels nest."""
     rng = np.random.default_rng(1)
-    template = rng.integers(0, 1000, 200)
+    template = rng.integers(0, 1000, 1000)
     rows = []
     for _ in range(2):
         middle = rng.integers(0, 1000, 200)
@@ -58,5 +58,8 @@ def test_plan_levels_follow_a_two_level_tree():
     rows = np.stack(rows)
     plan = prefix.plan(rows, answer_len=1)
     assert [len(lv.rows) for lv in plan.levels] == [1, 2]
-    assert (plan.levels[1].parent == 0).all() and plan.tail_start == 400
-    assert plan.tokens(rows.shape[1], 1) == 200 + 2 * 200 + 16 * (10 + 1)
+    assert (plan.levels[1].parent == 0).all() and plan.tail_start == 1200
+    assert plan.tokens(rows.shape[1], 1) == 1000 + 2 * 200 + 16 * (10 + 1)
+    # a level that saves less than a forward call costs is not planned: the template alone saves 1 x 1000 tokens
+    short = np.concatenate([rows[:, :int(prefix.CALL) // 2], rows[:, 1000:]], axis=1)
+    assert [len(lv.rows) for lv in prefix.plan(short, answer_len=1).levels] == [2]

@@ -24,11 +24,11 @@ _IMAGE_TAG = np.int64(1) << np.int64(62)  # keeps feature fingerprints apart fro
 
 # Cost model of a level (in token-forwards): its rows x its tokens, the key/value copy of the cached prefix each
 # of its rows starts from (COPY per cached token: a memory copy against a forward's matmuls), and a fixed
-# overhead per forward call (``call``: CALL until the scorer has timed the model, ``ScoringMixin._check_prefix_cache``;
-# on a tiny model a call costs as much as hundreds of tokens, on a 7B one a few). A level that does not pay for
-# itself is not planned.
+# overhead per forward call (CALL tokens; timing the two paths on benchmarks/audit_cost.py's tiny models gave
+# 58-426). A level that does not pay for itself is not planned. The constants are fixed, not timed per run: the
+# plan, and so every score to the last bit, depends only on the rows (a resumed audit equals an uninterrupted one).
 COPY = 0.02
-CALL = 64.0
+CALL = 256.0
 
 
 def token_identities(prepared, ids: torch.Tensor, feats: torch.Tensor | None) -> np.ndarray:
@@ -98,7 +98,7 @@ class Plan:
         return shared + len(self.tail_parent) * (prompt_len - self.tail_start + answer_len)
 
 
-def plan(identities: np.ndarray, answer_len: int = 1, call: float = CALL) -> Plan | None:
+def plan(identities: np.ndarray, answer_len: int = 1) -> Plan | None:
     """The cheapest split of the prompt into shared levels under the cost model above (dynamic programming over
     the positions where the number of distinct prefixes grows), or None when sharing does not pay (every row
     would be computed in full anyway)."""
@@ -118,12 +118,12 @@ def plan(identities: np.ndarray, answer_len: int = 1, call: float = CALL) -> Pla
     best[0] = 0.0
     for j in range(1, len(cand)):
         s = cand[:j]
-        cost = best[:j] + u[j] * (cand[j] - s) + COPY * u[j] * s + call
+        cost = best[:j] + u[j] * (cand[j] - s) + COPY * u[j] * s + CALL
         back[j] = int(np.argmin(cost))
         best[j] = cost[back[j]]
-    tail = best + B * (P + answer_len - cand) + COPY * B * cand + call
+    tail = best + B * (P + answer_len - cand) + COPY * B * cand + CALL
     j = int(np.argmin(tail))
-    if j == 0 or tail[j] >= B * (P + answer_len) + call:
+    if j == 0 or tail[j] >= B * (P + answer_len) + CALL:
         return None
     chain = []
     while j:

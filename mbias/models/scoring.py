@@ -9,7 +9,6 @@ attention masks apply unchanged.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import torch
@@ -181,17 +180,17 @@ class ScoringMixin:
             sel = [v for v, _ in rows]
             max_a = max(int(answers[c].numel()) for _, c in rows)
             shared = prefix.plan(prefix.token_identities(prepared, ids[sel], None if feats is None else feats[sel]),
-                                 max_a, self._call_tokens)
-            if shared is not None and self._prefix_ok:
+                                 max_a)
+            if shared is not None and self._prefix_ok is None:  # first use on this model: check it
+                logits = self._check_prefix_cache(
+                    lambda: self._forward_shared(prepared, ids, feats, answers, rows, shared),
+                    self._forward_full(prepared, ids, feats, answers, rows)[0])
+                # the checked batch is scored like any other (by the rows, not by what ran first): a resumed run
+                # gives the numbers of an uninterrupted one
+                if logits is not None:
+                    return logits, None
+            elif shared is not None and self._prefix_ok:
                 return self._forward_shared(prepared, ids, feats, answers, rows, shared), None
-            if shared is not None:  # first use on this model: the full forward must agree
-                start = self._clock()
-                full = self._forward_full(prepared, ids, feats, answers, rows)
-                timing = (len(rows) * (ids.shape[1] + max_a), self._clock() - start,
-                          shared.tokens(ids.shape[1], max_a), len(shared.levels) + 1)
-                self._check_prefix_cache(lambda: self._forward_shared(prepared, ids, feats, answers, rows, shared),
-                                         full[0], timing)
-                return full
         return self._forward_full(prepared, ids, feats, answers, rows, **forward_kwargs)
 
     def _forward_full(self, prepared, ids, feats, answers, rows, **forward_kwargs):
@@ -214,7 +213,6 @@ class ScoringMixin:
     # ----------------------------------------------------------------------------------------------------------
     # the prefix cache
     _prefix_ok: bool | None = None  # None: not checked on this model yet
-    _call_tokens: float = prefix.CALL  # a forward call's fixed cost in token-forwards, timed at the check
 
     def _forward_shared(self, prepared, ids, feats, answers, rows, shared: prefix.Plan) -> torch.Tensor:
         """``_forward_rows``'s logits, computing each level of ``shared`` once per distinct prefix and the tail
@@ -278,41 +276,27 @@ class ScoringMixin:
         or [k, length] for families with multi-axis positions (family hook; Qwen2-VL's M-RoPE)."""
         return torch.arange(length)
 
-    def _clock(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
-
-    def _check_prefix_cache(self, shared, full: torch.Tensor, timing: tuple[int, float, int, int]) -> None:
-        """The prefix cache is used on this model only if ``shared()`` gives the full forward's log-probabilities
-        (to float noise: 1e-3 in float32, 0.05 in half precision). A family whose forward does more than a causal
-        prefix, like PaliGemma's bidirectional prefix, fails this, as does one whose forward refuses the cache.
-
-        The two timings (``timing``: the full forward's tokens and seconds in one call, the shared plan's tokens and
-        calls) give this model's cost of a call in tokens, which the planner weighs from then on."""
+    def _check_prefix_cache(self, shared, full: torch.Tensor) -> torch.Tensor | None:
+        """``shared()``'s logits if they give the full forward's log-probabilities (to float noise: 1e-3 in float32,
+        0.05 in half precision), else None; the verdict holds for this model from then on. A family whose forward
+        does more than a causal prefix, like PaliGemma's bidirectional prefix, fails this, as does one whose forward
+        refuses the cache."""
         tol = 1e-3 if self.model.dtype == torch.float32 else 5e-2
         try:
-            start = self._clock()
-            a = torch.log_softmax(shared().float(), -1)
-            seconds = self._clock() - start
+            logits = shared()
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - any refusal means: not on this model
             self._prefix_ok = False
             logger.info("prefix cache off for this model (its forward refused it: %s); every variant runs in full", e)
-            return
-        gap = float((a - torch.log_softmax(full.float(), -1)).abs().max())
+            return None
+        gap = float((torch.log_softmax(logits.float(), -1) - torch.log_softmax(full.float(), -1)).abs().max())
         self._prefix_ok = gap <= tol
-        # t = per_token * tokens + per_call * calls, for the full forward (1 call) and the shared one
-        n_full, t_full, n_shared, calls = timing
-        per_call = (seconds * n_full - t_full * n_shared) / (calls * n_full - n_shared)
-        per_token = (t_full - per_call) / n_full
-        if per_call > 0 and per_token > 0:
-            self._call_tokens = float(np.clip(per_call / per_token, 16, 1e5))
-        logger.debug("prefix cache check: gap %.2g; a call costs %.0f tokens", gap, self._call_tokens)
         if not self._prefix_ok:
             logger.info("prefix cache off for this model: it differs from the full forward by %.2g (tolerance "
                         "%.0e); every variant runs in full", gap, tol)
+            return None
+        return logits
 
     def _score_rows(self, prepared, ids, feats, answers, rows) -> torch.Tensor:
         logits, _ = self._forward_rows(prepared, ids, feats, answers, rows)
