@@ -115,7 +115,7 @@ class BatchedAudit:
 
     def _features(self, pixels: list[dict]) -> tuple[list, tuple]:
         """Projected image features [N, D] per image, ``scoring.batch_size`` images a pass, and their layout."""
-        bs, out, layout = max(1, self.scorer.config.batch_size), [], None
+        bs, out, layout = self.scorer.batch_rows(), [], None
         for start in range(0, len(pixels), bs):
             chunk = pixels[start:start + bs]
             feats, layout = self.scorer._encode_images({k: torch.cat([p[k] for p in chunk]) for k in chunk[0]})
@@ -158,20 +158,13 @@ class BatchedAudit:
                 rows.extend((j, a, c) for c, a in enumerate(prep.choice_ids))
         rows.sort(key=lambda r: jobs[r[0]][3].numel() + r[1].numel())  # similar lengths share a batch
         scores = [torch.empty(len(job[2].choice_ids)) for job in jobs]
-        bs = max(1, self.scorer.config.batch_size)
-        done = 0
-        while done < len(rows):
-            chunk = rows[done:done + bs]
-            try:
-                self._score_chunk(jobs, chunk, scores)
-            except torch.OutOfMemoryError:
-                if bs == 1:
-                    raise
-                bs = max(1, bs // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            done += len(chunk)
+        length = max((jobs[j][3].numel() + a.numel() for j, a, _ in rows), default=1)
+
+        def score(chunk):  # fills ``scores``; the scorer's batching (size, out-of-memory halving) around it
+            self._score_chunk(jobs, chunk, scores)
+            return torch.empty(0)
+
+        self.scorer._chunks(rows, score, length)
         return scores
 
     def _score_chunk(self, jobs, chunk, scores) -> None:

@@ -36,7 +36,7 @@ class ScoringConfig:
     patch_grid: int = field(default=4, metadata={"help": "image players form a patch_grid x patch_grid grid"})
     batch_size: str | int = field(default="auto", metadata={
         "help": "masked variants per forward pass, or auto: 32 on a CPU; on a GPU as many as an estimate of the "
-                "activations and cache per token fits in 70% of free memory. Halved on out-of-memory, and the size "
+                "activations and cache per token fits in 70 percent of free memory. Halved on out-of-memory, and the size "
                 "that fit is kept for the rest of the run"})
     prefix_cache: bool = field(default=True, metadata={
         "help": "compute the prompt prefix that masked variants share once and reuse its key/value cache "
