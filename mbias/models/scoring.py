@@ -140,7 +140,7 @@ class ScoringMixin:
                 text = self.model.config.get_text_config()
                 size = torch.finfo(self.model.dtype).bits // 8
                 per_token = text.hidden_size * size * (2 * text.num_hidden_layers + 16)
-                per_row = length * per_token + 4 * 4 * text.vocab_size
+                per_row = length * per_token + 4 * 4 * getattr(text, "vocab_size", 32000)
                 free, _ = torch.cuda.mem_get_info(self.device)
                 rows = int(min(1024, max(1, 0.7 * free // per_row)))
         return max(1, min(rows, self._row_ceiling or rows))
