@@ -38,7 +38,9 @@ def token_identities(prepared, ids: torch.Tensor, feats: torch.Tensor | None) ->
         dim = feats.shape[-1]
         g = torch.Generator().manual_seed(dim)
         proj = torch.randn(dim, 2, generator=g).to(feats.device)
-        fp = (feats.float() @ proj).cpu().numpy().astype(np.float32)  # [V, N, 2]
+        # float32 (a half-precision fingerprint would let distinct rows collide), a few variants at a time (a
+        # float32 copy of every variant's features could be gigabytes at 7B width)
+        fp = np.concatenate([(feats[i:i + 32].float() @ proj).cpu().numpy() for i in range(0, feats.shape[0], 32)])
         bits = fp.view(np.uint32).astype(np.uint64)
         mixed = ((bits[..., 0] << np.uint64(31)) ^ bits[..., 1]).astype(np.int64) & ((np.int64(1) << 62) - 1)
         out[:, prepared.image_positions.cpu().numpy()] = mixed | _IMAGE_TAG
