@@ -242,6 +242,36 @@ def test_prefix_cache_gives_the_full_forwards_scores_on_fewer_tokens(scorer, sha
         assert on._prefix_ok is True and n_shared < 0.8 * n_full
 
 
+def test_prefix_cache_check_ignores_padding_after_short_answers(scorer, shapes_image, monkeypatch):
+    """The first-use check compares only positions that predict an answer token: after a short answer both paths
+    score padding, which Qwen2-VL's M-RoPE numbers differently in each (its full forward skips masked tokens),
+    and a check there would switch the cache off for the run."""
+    from mbias.models import prefix
+
+    monkeypatch.setattr(prefix, "CALL", 16.0)
+    sc = type(scorer)(scorer.model, scorer.processor, config=ScoringConfig(prefix_cache=True, batch_size=16))
+    p = sc.prepare(_example(shapes_image, choices=["red", "a dark purple square"]))
+    assert len({int(c.numel()) for c in p.choice_ids}) == 2
+    sc.predict(p)  # the first planned batch: one prompt, choices of 1 and several tokens
+    assert sc._prefix_ok is (scorer.family != "paligemma")
+
+
+def test_prefix_cache_check_tolerates_half_precision_rounding(tiny_model_dir, shapes_image, monkeypatch):
+    """A trained language model's logits are tens of nats, where one bfloat16 rounding step is 0.125: the two
+    paths' rounding must not read as a disagreement and switch the cache off on every GPU."""
+    from mbias.models import load_model, prefix
+
+    monkeypatch.setattr(prefix, "CALL", 16.0)
+    sc = load_model(str(tiny_model_dir("llava")), device="cpu", dtype="bfloat16",
+                    config=ScoringConfig(prefix_cache=True, batch_size=16))
+    with torch.no_grad():
+        sc.model.get_output_embeddings().weight.mul_(60.0)  # |logit| ~ 30, as in a trained model
+    p = sc.prepare(_example(shapes_image))
+    ik, tk = _permutation_coalitions(sc.patch_groups(p).n, p.n_question)
+    sc.score(p, ik, tk, answers=p.choice_ids)
+    assert sc._prefix_ok is True
+
+
 def test_batch_size_auto_and_the_size_that_fit_is_kept(scorer):
     """``batch_size: auto`` is 32 rows on a CPU; a batch that runs out of memory is halved, and later calls start
     from the size that fit instead of running out of memory again."""
@@ -261,4 +291,6 @@ def test_batch_size_auto_and_the_size_that_fit_is_kept(scorer):
     seen.clear()
     sc._chunks(list(range(10)), fn)
     assert seen == [4, 4, 2]
+    # the size that fit is kept in tokens: prompts half as long get twice the rows, twice as long half
+    assert sc.batch_rows(256) == 8 and sc.batch_rows(1024) == 2
     assert ScoringConfig(batch_size="12").batch_size == 12  # as the command line gives it

@@ -97,6 +97,9 @@ class PaliGemmaScorer(Scorer):
     family = "paligemma"
     model_types = ("paligemma",)
     answer_separator = ""
+    # its prefix (image + prompt) attends both ways, so a causally computed prefix cache cannot stand for it; the
+    # first-use check would not always see that either (on a tiny random model the two differ by under 1e-3)
+    _prefix_ok = False
 
     def build_prompt(self, question, with_image):
         # PaliGemma has no chat template; mix checkpoints expect a task prefix such as "answer en ".

@@ -42,9 +42,18 @@ def token_identities(prepared, ids: torch.Tensor, feats: torch.Tensor | None) ->
         # float32 copy of every variant's features could be gigabytes at 7B width)
         fp = np.concatenate([(feats[i:i + 32].float() @ proj).cpu().numpy() for i in range(0, feats.shape[0], 32)])
         bits = fp.view(np.uint32).astype(np.uint64)
-        mixed = ((bits[..., 0] << np.uint64(31)) ^ bits[..., 1]).astype(np.int64) & ((np.int64(1) << 62) - 1)
-        out[:, prepared.image_positions.cpu().numpy()] = mixed | _IMAGE_TAG
+        mixed = _splitmix64((bits[..., 0] << np.uint64(32)) | bits[..., 1]) >> np.uint64(2)  # 62 bits of all 64
+        out[:, prepared.image_positions.cpu().numpy()] = mixed.astype(np.int64) | _IMAGE_TAG
     return out
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection on 64 bits that spreads every input bit over the output, so dropping
+    the top two bits (for the image tag) does not make fingerprints that differ in one bit collide."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def prefix_hashes(identities: np.ndarray) -> np.ndarray:

@@ -127,12 +127,17 @@ class ScoringMixin:
 
     # rows per forward pass under ``batch_size: auto`` on a CPU (larger batches do not run faster there)
     CPU_BATCH_ROWS = 32
-    _row_ceiling: int | None = None  # the largest batch that has not run out of memory on this model
+    # rows x tokens of the largest batch that has not run out of memory on this model: kept in tokens, so an
+    # out-of-memory error on a long prompt (a large image) does not cap the batches of short ones
+    _token_ceiling: int | None = None
 
     def batch_rows(self, length: int = 512) -> int:
         """Rows of ``length`` tokens per forward pass: the configured batch size or, under ``auto``, an estimate of
         what fits (what is computed and held per token: the key/value cache of every layer, about 16 hidden-sized
-        activations in flight, and float32 logits per row), capped by any size that ran out of memory before."""
+        activations in flight, and float32 logits per row), capped by any size that ran out of memory before.
+
+        On a GPU under ``auto`` the size follows free memory, so where rows fall between forward passes, and the
+        last bits of their scores, can differ between runs; a fixed ``batch_size`` makes them repeatable."""
         rows = self.config.batch_size
         if rows == "auto":
             rows = self.CPU_BATCH_ROWS
@@ -143,7 +148,9 @@ class ScoringMixin:
                 per_row = length * per_token + 4 * 4 * getattr(text, "vocab_size", 32000)
                 free, _ = torch.cuda.mem_get_info(self.device)
                 rows = int(min(1024, max(1, 0.7 * free // per_row)))
-        return max(1, min(rows, self._row_ceiling or rows))
+        if self._token_ceiling is not None:
+            rows = min(rows, self._token_ceiling // max(1, length))
+        return max(1, rows)
 
     def _chunks(self, rows: list, fn, length: int = 512) -> torch.Tensor:
         parts, done, bs = [], 0, self.batch_rows(length)
@@ -155,7 +162,8 @@ class ScoringMixin:
                 if bs == 1:
                     raise MbiasError("out of memory scoring a single variant; use a smaller model, --dtype "
                                      "bfloat16, --load-in-4bit, or a device with more memory") from None
-                bs = self._row_ceiling = max(1, bs // 2)
+                bs = max(1, bs // 2)
+                self._token_ceiling = bs * max(1, length)
                 logger.warning("out of memory; retrying with batch size %d", bs)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -184,7 +192,8 @@ class ScoringMixin:
             if shared is not None and self._prefix_ok is None:  # first use on this model: check it
                 logits = self._check_prefix_cache(
                     lambda: self._forward_shared(prepared, ids, feats, answers, rows, shared),
-                    self._forward_full(prepared, ids, feats, answers, rows)[0])
+                    self._forward_full(prepared, ids, feats, answers, rows)[0],
+                    [int(answers[c].numel()) for _, c in rows])
                 # the checked batch is scored like any other (by the rows, not by what ran first): a resumed run
                 # gives the numbers of an uninterrupted one
                 if logits is not None:
@@ -245,7 +254,10 @@ class ScoringMixin:
             if kv is None:
                 return None
             index = torch.as_tensor(index, device=dev)
-            return DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index)) for k, v in kv])
+            # the config gives each layer its own kind (a sliding-window layer keeps only its window), as in the
+            # cache the model makes for itself
+            return DynamicCache(ddp_cache_data=[(k.index_select(0, index), v.index_select(0, index)) for k, v in kv],
+                                config=self.model.config)
 
         def run(x, start, cache, mask, n_keep):
             n, length = x.shape[0], x.shape[1]
@@ -276,25 +288,33 @@ class ScoringMixin:
         or [k, length] for families with multi-axis positions (family hook; Qwen2-VL's M-RoPE)."""
         return torch.arange(length)
 
-    def _check_prefix_cache(self, shared, full: torch.Tensor) -> torch.Tensor | None:
-        """``shared()``'s logits if they give the full forward's log-probabilities (to float noise: 1e-3 in float32,
-        0.05 in half precision), else None; the verdict holds for this model from then on. A family whose forward
-        does more than a causal prefix, like PaliGemma's bidirectional prefix, fails this, as does one whose forward
-        refuses the cache."""
-        tol = 1e-3 if self.model.dtype == torch.float32 else 5e-2
+    def _check_prefix_cache(self, shared, full: torch.Tensor, lengths: list[int]) -> torch.Tensor | None:
+        """``shared()``'s logits if they give the full forward's log-probabilities at every position that predicts
+        an answer token (row b's first ``lengths[b]``; the padding after a short answer is scored by neither path),
+        else None; the verdict holds for this model from then on. Tolerance: 1e-3 in float32; in half precision
+        0.05 or four rounding steps of the largest logit, whichever is larger (a bf16 logit near 30 moves in steps
+        of 0.125, so one rounding flip is not a disagreement). A forward that refuses the cache, or computes more
+        than a causal prefix, fails it; a family known to do the latter (PaliGemma's bidirectional prefix) sets
+        ``_prefix_ok = False`` instead of relying on one batch to show it."""
         try:
             logits = shared()
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - any refusal means: not on this model
             self._prefix_ok = False
-            logger.info("prefix cache off for this model (its forward refused it: %s); every variant runs in full", e)
+            logger.warning("prefix cache off for this model (its forward refused it: %s); every variant runs in full",
+                           e)
             return None
-        gap = float((torch.log_softmax(logits.float(), -1) - torch.log_softmax(full.float(), -1)).abs().max())
+        scored = torch.arange(full.shape[1])[None, :] < torch.tensor(lengths)[:, None]
+        ours, theirs = logits.float()[scored.to(logits.device)], full.float()[scored.to(full.device)]
+        tol = 1e-3
+        if self.model.dtype != torch.float32:
+            tol = max(5e-2, 4 * torch.finfo(self.model.dtype).eps * float(theirs.abs().max()))
+        gap = float((torch.log_softmax(ours, -1) - torch.log_softmax(theirs, -1)).abs().max())
         self._prefix_ok = gap <= tol
         if not self._prefix_ok:
-            logger.info("prefix cache off for this model: it differs from the full forward by %.2g (tolerance "
-                        "%.0e); every variant runs in full", gap, tol)
+            logger.warning("prefix cache off for this model: it differs from the full forward by %.2g (tolerance "
+                           "%.2g); every variant runs in full", gap, tol)
             return None
         return logits
 
