@@ -31,6 +31,13 @@ reference's own noise (reported beside the errors). Also (c) MM-SHAP's own sampl
 fits), i.e. max_evals // (2n + 1) antithetic pairs for n players (``probes/mm_shap.py``,
 ``reference_permutations``), on the same pixel-level game, with larger max_evals for a curve. Writes
 benchmarks/results/shapley_vs_captum_llava15.{json,md}.
+
+``--shape llava-1.5 --weights trained``: random weights make a near-additive game, where one antithetic pair is
+already near exact and every comparison sits at the reference's noise floor. This runs the same comparison on
+``real_shapes.trained_llava()`` (a tiny LLaVA trained at 336 px / patch 14, 576 image tokens, on shapes-p50; built
+into the zoo cache on first use, about 16 minutes on 2 cores), on the first 6 examples of its test split with at
+most ``--max-players`` (13) players at 2x2 image cells, against exact values (every coalition enumerated). Writes
+benchmarks/results/shapley_vs_captum_llava15_trained.{json,md}.
 """
 
 from __future__ import annotations
@@ -146,7 +153,12 @@ def main() -> None:
                          "shape (576 image tokens, random weights)")
     ap.add_argument("--examples", type=int, default=None, help="zoo: 6; llava-1.5: 2")
     ap.add_argument("--grid", type=int, default=None, help="zoo: 2; llava-1.5: mm_shap's rule, ceil(sqrt(#question))")
-    ap.add_argument("--max-players", type=int, default=12, help="zoo only (exact enumeration)")
+    ap.add_argument("--weights", choices=("random", "trained"), default="random",
+                    help="llava-1.5: random weights (a near-additive game) or real_shapes.trained_llava() (a tiny "
+                         "LLaVA trained on shapes-p50 at 336 px; trained on first use, about 15 min on 2 cores)")
+    ap.add_argument("--max-players", type=int, default=None,
+                    help="zoo: 12 (examples with more are skipped); llava-1.5: exact enumeration up to this many "
+                         "players (default 14), a reference estimate above")
     ap.add_argument("--captum-samples", default=None, help="zoo: 1,2,4,8; llava-1.5: 1,2,4")
     ap.add_argument("--mbias-permutations", default=None, help="zoo: 2,4,8,16,32,64; llava-1.5: 2,4,8,16")
     ap.add_argument("--reference-permutations", type=int, default=32, help="llava-1.5: the reference's budget")
@@ -155,7 +167,7 @@ def main() -> None:
     if args.shape == "llava-1.5":
         run_llava15(args)
     else:
-        for key, value in (("examples", 6), ("grid", 2), ("captum_samples", "1,2,4,8"),
+        for key, value in (("examples", 6), ("grid", 2), ("max_players", 12), ("captum_samples", "1,2,4,8"),
                            ("mbias_permutations", "2,4,8,16,32,64")):
             if getattr(args, key) is None:
                 setattr(args, key, value)
@@ -274,37 +286,58 @@ LLAVA_LABELS = ("captum (pixel game)", "MM-SHAP's scheme: shap Permutation (pixe
 
 
 def run_llava15(args) -> None:
-    """The comparison at the LLaVA-1.5 shape, against a high-budget reference estimate (no exact values)."""
+    """The comparison at the LLaVA-1.5 shape: against exact values where the players are few enough to enumerate
+    every coalition (the trained model's short questions), else against a high-budget reference estimate."""
     started = time.perf_counter()
     import real_shapes
 
     from mbias.captum_input import ImageTextInput
-    from mbias.models import ScoringConfig, wrap_model
+    from mbias.models import ScoringConfig, load_model, wrap_model
     from mbias.probes.mm_shap import reference_permutations
-    from mbias.shapley import permutation_shapley
+    from mbias.shapley import exact_shapley, permutation_shapley
+    from mbias.synth import load_synth
 
     def ints(text):
         return [int(x) for x in text.split(",")]
 
-    n_examples, grid = args.examples or 2, args.grid or 6
-    captum_budgets = ints(args.captum_samples or "1,2,4")
-    ours_budgets = ints(args.mbias_permutations or "2,4,8,16")
+    trained = args.weights == "trained"
+    n_examples = args.examples or (6 if trained else 2)
+    # random weights: mm_shap's rule, ceil(sqrt(#question tokens)), 6 for the POPE questions, and a reference
+    # estimate; trained: the zoo comparison's 2x2 cells, so that the players (at most 13) can be enumerated (the
+    # non-additive game leaves a reference estimate too noisy to judge the estimators by)
+    grid = args.grid or (2 if trained else 6)
+    max_players = args.max_players or (13 if trained else 14)
+    captum_budgets = ints(args.captum_samples or ("1,2,4,8,16,32" if trained else "1,2,4"))
+    ours_budgets = ints(args.mbias_permutations or ("2,4,8,16,32,64" if trained else "2,4,8,16"))
     shap_budgets = ints(args.mmshap_max_evals)
     half = max(2, args.reference_permutations // 2)
     batch = 32
     t0 = time.perf_counter()
-    model, proc = real_shapes.build("llava-1.5")
-    scorers = {m: wrap_model(model, proc, config=ScoringConfig(masking=m, batch_size=batch),
-                             model_id="llava-1.5 shape (tiny width, random weights)") for m in ("pixel", "feature")}
+    configs = {m: ScoringConfig(masking=m, batch_size=batch) for m in ("pixel", "feature")}
+    if trained:
+        folder = real_shapes.trained_llava()
+        scorers = {m: load_model(str(folder), device="cpu", config=c) for m, c in configs.items()}
+        test = load_synth("shapes-p50/test-balanced")
+        chosen_examples = []
+        for i in range(len(test)):  # the first examples whose players can be enumerated
+            p = scorers["pixel"].prepare(test[i])
+            if p.n_question + scorers["pixel"].patch_groups(p, grid).n <= max_players:
+                chosen_examples.append(test[i])
+            if len(chosen_examples) == n_examples:
+                break
+    else:
+        model, proc = real_shapes.build("llava-1.5")
+        scorers = {m: wrap_model(model, proc, config=c, model_id="llava-1.5 shape (tiny width, random weights)")
+                   for m, c in configs.items()}
+        pool = real_shapes.examples(len(real_shapes.QUESTIONS))
+        n_question = [scorers["pixel"].prepare(ex).n_question for ex in pool]
+        chosen_examples = [pool[i] for i in sorted(range(len(pool)), key=lambda i: (abs(n_question[i] - 34), i))
+                           [:n_examples]]
     build_seconds = time.perf_counter() - t0
-    pool = real_shapes.examples(len(real_shapes.QUESTIONS))
-    n_question = [scorers["pixel"].prepare(ex).n_question for ex in pool]
-    chosen = sorted(range(len(pool)), key=lambda i: (abs(n_question[i] - 34), i))[:n_examples]
     budgets = dict(zip(LLAVA_LABELS, (captum_budgets, shap_budgets, ours_budgets, ours_budgets), strict=True))
     rows = {label: {b: [] for b in bs} for label, bs in budgets.items()}
     per_example = []
-    for idx in chosen:
-        ex = pool[idx]
+    for idx, ex in enumerate(chosen_examples):
         prepared = {m: s.prepare(ex) for m, s in scorers.items()}
         inputs = {m: ImageTextInput(scorers[m], prepared[m], grid, value="logprob") for m in scorers}
         n = inputs["pixel"].n_itp_features
@@ -315,18 +348,23 @@ def run_llava15(args) -> None:
                 "mmshap_reference_permutations_at_600": reference_permutations(n, 600)}
         ref = {}
         for m in scorers:
-            # two independent halves, seeded apart from every estimate below: their mean is the reference, half
-            # their L1 distance estimates the reference's own L1 error
             t0 = time.perf_counter()
-            h = [permutation_shapley(inputs[m].value, n, half, rng=np.random.default_rng(10_000 * (k + 1) + idx),
-                                     batch_size=batch) for k in (0, 1)]
-            ref[m] = 0.5 * (h[0].phi + h[1].phi)
-            norm = max(np.abs(ref[m]).sum(), 1e-12)
-            info[m] = {"reference_seconds": time.perf_counter() - t0, "reference_permutations": 2 * half,
-                       "reference_coalitions": h[0].n_evaluations + h[1].n_evaluations,
-                       "reference_noise": float(0.5 * np.abs(h[0].phi - h[1].phi).sum() / norm),
-                       "v_full": h[0].v_full, "v_empty": h[0].v_empty, "phi_l1": float(norm),
-                       "phi_sum": float(ref[m].sum())}
+            if n <= max_players:
+                truth = exact_shapley(inputs[m].value, n, batch_size=batch)
+                ref[m], noise, coalitions, v_full, v_empty = truth.phi, 0.0, truth.n_evaluations, truth.v_full, \
+                    truth.v_empty
+            else:
+                # two independent halves, seeded apart from every estimate below: their mean is the reference,
+                # half their L1 distance estimates the reference's own L1 error
+                h = [permutation_shapley(inputs[m].value, n, half, rng=np.random.default_rng(10_000 * (k + 1) + idx),
+                                         batch_size=batch) for k in (0, 1)]
+                ref[m] = 0.5 * (h[0].phi + h[1].phi)
+                noise = float(0.5 * np.abs(h[0].phi - h[1].phi).sum() / max(np.abs(ref[m]).sum(), 1e-12))
+                coalitions, v_full, v_empty = h[0].n_evaluations + h[1].n_evaluations, h[0].v_full, h[0].v_empty
+            info[m] = {"exact": n <= max_players, "reference_seconds": time.perf_counter() - t0,
+                       "reference_permutations": None if n <= max_players else 2 * half,
+                       "reference_coalitions": coalitions, "reference_noise": noise, "v_full": v_full,
+                       "v_empty": v_empty, "phi_l1": float(np.abs(ref[m]).sum()), "phi_sum": float(ref[m].sum())}
         for b in captum_budgets:
             t0 = time.perf_counter()
             phi = captum_user_path(scorers["pixel"], prepared["pixel"], grid, b, seed=idx)
@@ -363,61 +401,109 @@ def run_llava15(args) -> None:
                 # where captum's every budget is less accurate than mbias's smallest, the rule above prices mbias at
                 # its smallest budget (a lower bound); this extrapolates captum's own curve to mbias's errors instead
                 "captum_vs_mbias_pixel_game_extrapolated": extrapolated_speedup(captum, ours_pixel),
-                "captum_vs_mbias_default_extrapolated": extrapolated_speedup(captum, ours_feature)}
+                "captum_vs_mbias_default_extrapolated": extrapolated_speedup(captum, ours_feature),
+                # the mirror of the first rule: for each mbias budget whose error captum's measured curve spans, captum's
+                # interpolated time at that error (no extrapolation, no lower bound)
+                "captum_vs_mbias_pixel_game_at_mbias_errors": speedup_at_our_errors(captum, ours_pixel),
+                "captum_vs_mbias_default_at_mbias_errors": speedup_at_our_errors(captum, ours_feature)}
+    exact = all(e["pixel"]["exact"] for e in per_example)
     noise = {m: float(np.mean([e[m]["reference_noise"] for e in per_example])) for m in scorers}
-    meta = {"command": "python benchmarks/shapley_vs_captum.py --shape llava-1.5", "shape": "llava-1.5",
-            "examples": len(chosen), "grid": grid, "threads": torch.get_num_threads(), "device": "cpu",
+    suffix = "_trained" if trained else ""
+    command = "python benchmarks/shapley_vs_captum.py --shape llava-1.5" + (" --weights trained" if trained else "")
+    meta = {"command": command, "shape": "llava-1.5", "weights": args.weights,
+            "model": str(real_shapes.trained_llava(progress=False).name) if trained else "random weights",
+            "examples": len(chosen_examples), "grid": grid, "threads": torch.get_num_threads(), "device": "cpu",
             "date": time.strftime("%Y-%m-%d"), "build_seconds": build_seconds, "batch_size": batch,
-            "reference_permutations": 2 * half, "reference_noise": noise,
+            "ground_truth": "exact" if exact else "reference", "reference_permutations": None if exact else 2 * half,
+            "reference_noise": noise,
             "reference_seconds_per_example": float(np.mean([sum(e[m]["reference_seconds"] for m in scorers)
                                                             for e in per_example]))}
+    if trained:
+        record = json.loads((real_shapes.trained_llava(progress=False) / "zoo.json").read_text())
+        meta["model_eval"] = record["eval"]
+        meta["model_train_config"] = record["train_config"]
     header, provenance = results_header(wall_seconds=time.perf_counter() - started)
     OUT.mkdir(exist_ok=True)
-    (OUT / "shapley_vs_captum_llava15.json").write_text(json.dumps(
+    (OUT / f"shapley_vs_captum_llava15{suffix}.json").write_text(json.dumps(
         {"meta": meta, "provenance": provenance, "examples": per_example, "curves": summary, **speedups}, indent=2))
     q = ", ".join(str(e["question_tokens"]) for e in per_example)
     players = ", ".join(str(e["players"]) for e in per_example)
-    lines = [f"# Shapley values at the LLaVA-1.5 shape: captum, MM-SHAP's sampling and mbias ({meta['date']}, CPU, "
-             f"{meta['threads']} threads)", "", *header, "",
-             f"`{meta['command']}`: `benchmarks/real_shapes.py`'s LLaVA-1.5 shape (CLIP at 336 px, patch 14, "
-             f"{per_example[0]['image_tokens']} image tokens; 2-layer, 64-wide language model; random weights), "
-             f"{len(chosen)} POPE-style questions of {q} question tokens ({', '.join(str(e['prompt_tokens']) for e in per_example)} "
-             f"prompt tokens with the image); players = question tokens + {grid}x{grid} image cells ({players} "
-             "players); value = log p(gold answer). Budget = captum n_samples (permutations), shap max_evals "
-             "(MM-SHAP's released code: 600, i.e. "
+    prompts = ", ".join(str(e["prompt_tokens"]) for e in per_example)
+    if trained:
+        acc = meta["model_eval"]
+        model_text = (f"a tiny LLaVA trained at that geometry (`real_shapes.trained_llava()`: the zoo's recipe on "
+                      f"synth:shapes-p50, {meta['model_train_config']['steps']} steps of "
+                      f"{meta['model_train_config']['batch_size']}; test-balanced accuracy {acc['test-balanced']['accuracy']:.2f}), "
+                      f"{len(chosen_examples)} examples of synth:shapes-p50/test-balanced")
+    else:
+        model_text = f"random weights), {len(chosen_examples)} POPE-style questions"
+    lines = [f"# Shapley values at the LLaVA-1.5 shape, {'trained' if trained else 'random'} weights: captum, "
+             f"MM-SHAP's sampling and mbias ({meta['date']}, CPU, {meta['threads']} threads)", "", *header, "",
+             f"`{command}`: `benchmarks/real_shapes.py`'s LLaVA-1.5 shape (CLIP at 336 px, patch 14, "
+             f"{per_example[0]['image_tokens']} image tokens; 2-layer, 64-wide language model; {model_text} of {q} "
+             f"question tokens ({prompts} prompt tokens with the image); players = question tokens + {grid}x{grid} "
+             f"image cells ({players} players); value = log p(gold answer). Budget = captum n_samples "
+             "(permutations), shap max_evals (MM-SHAP's released code: 600, i.e. "
              + ", ".join(str(e["mmshap_reference_permutations_at_600"]) for e in per_example)
-             + " permutations for these players), or mbias permutations (antithetic pairs).", "",
-             f"No exact values at this many players: the error is against a reference, mbias's estimator with "
-             f"{2 * half} antithetic permutations per game and example in two independent halves, seeded apart from "
-             f"the estimates. Its own relative L1 error, from the halves' disagreement: {noise['pixel']:.3f} "
-             f"(pixel game), {noise['feature']:.3f} (feature game); errors near that are at the reference's noise "
-             "floor.", "",
-             *_curve_table(summary, "model calls", seconds_decimals=2)]
-    lines += ["", "The games (random weights): "
+             + " permutations for these players), or mbias permutations (antithetic pairs).", ""]
+    if exact:
+        lines += [f"Errors are against exact Shapley values (every coalition of each game enumerated, "
+                  f"{meta['reference_seconds_per_example']:.0f} s per example for both games).", ""]
+    else:
+        lines += [f"No exact values at this many players: the error is against a reference, mbias's estimator with "
+                  f"{2 * half} antithetic permutations per game and example in two independent halves, seeded apart "
+                  f"from the estimates. Its own relative L1 error, from the halves' disagreement: {noise['pixel']:.3f} "
+                  f"(pixel game), {noise['feature']:.3f} (feature game); errors near that are at the reference's "
+                  f"noise floor. Reference estimates took {meta['reference_seconds_per_example']:.0f} s per example "
+                  "(both games).", ""]
+    lines += _curve_table(summary, "model calls", seconds_decimals=2)
+    lines += ["", f"The games ({'trained' if trained else 'random'} weights): "
               + "; ".join(f"{e['example']}: v(N) - v(empty) = {e['pixel']['v_full'] - e['pixel']['v_empty']:+.4f} "
                           f"(pixel), {e['feature']['v_full'] - e['feature']['v_empty']:+.4f} (feature), "
                           f"||phi||_1 = {e['pixel']['phi_l1']:.4f} / {e['feature']['phi_l1']:.4f}"
                           for e in per_example)
               + ". In an additive game every permutation gives the exact values and every estimator's error is 0; "
               "the error of one antithetic pair (mbias, budget 2) measures how far from additive these games are.",
-              "", f"Reference estimates took {meta['reference_seconds_per_example']:.0f} s per example (both games).",
               "", f"Speed-up at equal error, captum vs mbias, same pixel-level game: "
               f"{speedups['captum_vs_mbias_pixel_game']['text']}",
               f"Speed-up at equal error, captum vs mbias default (feature-level) game: "
               f"{speedups['captum_vs_mbias_default']['text']}",
-              "Where captum's error at every budget it ran is above mbias's at its smallest, the two lines above "
-              "price mbias at its smallest budget (mbias more accurate there), a lower bound. Extrapolating captum's "
-              "own curve (log time against log error, fitted through its budgets) to the errors mbias reaches: "
-              f"{speedups['captum_vs_mbias_pixel_game_extrapolated']['text']} on the pixel-level game, "
-              f"{speedups['captum_vs_mbias_default_extrapolated']['text']} against the default game.",
+              "Where captum's error at a budget is above mbias's at its smallest, the two lines above price mbias at "
+              "its smallest budget (mbias more accurate there), a lower bound. The other way round, captum's time "
+              "interpolated on its measured curve at the errors mbias's budgets reach (only those inside captum's "
+              f"range): {speedups['captum_vs_mbias_pixel_game_at_mbias_errors']['text']} on the pixel-level game, "
+              f"{speedups['captum_vs_mbias_default_at_mbias_errors']['text']} against the default game. "
+              "Extrapolating captum's own curve (log time against log error, fitted through its budgets) to every "
+              f"error mbias reaches: {speedups['captum_vs_mbias_pixel_game_extrapolated']['text']} on the pixel-level "
+              f"game, {speedups['captum_vs_mbias_default_extrapolated']['text']} against the default game.",
               f"Speed-up at equal error, MM-SHAP's scheme (shap Permutation, max_evals {','.join(map(str, shap_budgets))}) "
               f"vs mbias, same pixel-level game: {speedups['mmshap_vs_mbias_pixel_game']['text']}; at its own budget "
               f"(600) alone: {speedups['mmshap_600_vs_mbias_pixel_game']['text']}",
               f"Speed-up at equal error, MM-SHAP's scheme vs mbias default (feature-level) game: "
               f"{speedups['mmshap_vs_mbias_default']['text']}; at its own budget (600) alone: "
               f"{speedups['mmshap_600_vs_mbias_default']['text']}"]
-    (OUT / "shapley_vs_captum_llava15.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"shapley_vs_captum_llava15{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[len(header) + 2:]))
+
+
+def speedup_at_our_errors(theirs: list[dict], ours: list[dict]) -> dict:
+    """For each mbias point whose error lies inside captum's measured range, captum's time at that error (log-log
+    interpolation between captum's budgets); the median ratio over those mbias budgets."""
+    te = np.log([max(p["rel_error"], 1e-9) for p in theirs])
+    tt = np.log([p["seconds"] for p in theirs])
+    order = np.argsort(te)
+    points = []
+    for p in ours:
+        e = np.log(max(p["rel_error"], 1e-9))
+        if te.min() <= e <= te.max():
+            t_theirs = float(np.exp(np.interp(e, te[order], tt[order])))
+            points.append({"mbias_budget": p["budget"], "mbias_seconds": p["seconds"], "error": p["rel_error"],
+                           "captum_seconds": t_theirs, "ratio": t_theirs / p["seconds"]})
+    if not points:
+        return {"median": None, "points": [], "text": "none (every mbias budget is more accurate than captum's best)"}
+    med = float(np.median([r["ratio"] for r in points]))
+    return {"median": med, "points": points,
+            "text": f"{med:.1f}x median over the {len(points)} mbias budgets inside captum's range"}
 
 
 def extrapolated_speedup(theirs: list[dict], ours: list[dict]) -> dict:
