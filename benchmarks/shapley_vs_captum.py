@@ -157,10 +157,12 @@ def main() -> None:
                     help="llava-1.5: random weights (a near-additive game) or real_shapes.trained_llava() (a tiny "
                          "LLaVA trained on shapes-p50 at 336 px; trained on first use, about 15 min on 2 cores)")
     ap.add_argument("--max-players", type=int, default=None,
-                    help="zoo: 12 (examples with more are skipped); llava-1.5: exact enumeration up to this many "
-                         "players (default 14), a reference estimate above")
-    ap.add_argument("--captum-samples", default=None, help="zoo: 1,2,4,8; llava-1.5: 1,2,4")
-    ap.add_argument("--mbias-permutations", default=None, help="zoo: 2,4,8,16,32,64; llava-1.5: 2,4,8,16")
+                    help="zoo: 12, --weights trained: 13 (examples with more are skipped); llava-1.5 random weights: "
+                         "exact enumeration up to 14 players, a reference estimate above")
+    ap.add_argument("--captum-samples", default=None,
+                    help="zoo: 1,2,4,8; llava-1.5: 1,2,4; --weights trained: 1,2,4,8,16,32")
+    ap.add_argument("--mbias-permutations", default=None,
+                    help="zoo: 2,4,8,16,32,64; llava-1.5: 2,4,8,16; --weights trained: 2,4,8,16,32,64,128")
     ap.add_argument("--reference-permutations", type=int, default=32, help="llava-1.5: the reference's budget")
     ap.add_argument("--mmshap-max-evals", default="600,1200", help="llava-1.5: shap max_evals (600 = MM-SHAP's)")
     args = ap.parse_args()
@@ -308,7 +310,7 @@ def run_llava15(args) -> None:
     grid = args.grid or (2 if trained else 6)
     max_players = args.max_players or (13 if trained else 14)
     captum_budgets = ints(args.captum_samples or ("1,2,4,8,16,32" if trained else "1,2,4"))
-    ours_budgets = ints(args.mbias_permutations or ("2,4,8,16,32,64" if trained else "2,4,8,16"))
+    ours_budgets = ints(args.mbias_permutations or ("2,4,8,16,32,64,128" if trained else "2,4,8,16"))
     shap_budgets = ints(args.mmshap_max_evals)
     half = max(2, args.reference_permutations // 2)
     batch = 32
