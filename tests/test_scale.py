@@ -175,7 +175,15 @@ def test_two_audit_processes_each_with_a_device_map_share_the_work(tiny_model_di
     for a, b in zip(single, double, strict=True):  # one thread per process: float sums may differ in the last bits
         sa, sb = a["probes"]["modality_shapley"], b["probes"]["modality_shapley"]
         assert sa["language_share"] == pytest.approx(sb["language_share"], rel=1e-3, abs=1e-4)
-        assert a["probes"]["ablation"] == b["probes"]["ablation"] and a["prediction"] == b["prediction"]
+        # the ablation's log-probs too: on some CPUs one thread and two round the same sums differently (6.0834293
+        # vs 6.0834298 seen), so numbers agree to float32 noise and everything else exactly
+        pa, pb = a["probes"]["ablation"], b["probes"]["ablation"]
+        assert pa.keys() == pb.keys() and a["prediction"] == b["prediction"]
+        for key in pa:
+            if isinstance(pa[key], float):
+                assert pa[key] == pytest.approx(pb[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert pa[key] == pb[key], key
 
 
 def test_images_are_checked_by_one_process_and_its_verdicts_reach_the_others(tmp_path, monkeypatch):
