@@ -136,6 +136,16 @@ def rel_error(phi: np.ndarray, exact: np.ndarray) -> float:
 
 
 
+def _summarise(rows: dict) -> dict:
+    """Per method, per budget: the mean seconds, relative error, coalitions and model calls over the examples
+    (``rows[label][budget]`` holds one such 4-tuple per example)."""
+    return {label: [{"budget": b, "seconds": float(np.mean([r[0] for r in v])),
+                     "rel_error": float(np.mean([r[1] for r in v])),
+                     "coalitions": float(np.mean([r[2] for r in v])),
+                     "forward_passes": float(np.mean([r[3] for r in v]))} for b, v in by_budget.items()]
+            for label, by_budget in rows.items()}
+
+
 def _curve_table(summary: dict, calls: str, seconds_decimals: int) -> list[str]:
     """The results table: one row per method and budget (``calls`` names the forward-pass column)."""
     lines = [f"| method | budget | coalitions scored | {calls} | seconds / example | mean relative L1 error |",
@@ -225,12 +235,7 @@ def run_zoo(args) -> None:
                                        -(-res.n_evaluations // 256)))  # batches of up to 256 coalitions
         print(json.dumps({"example": ex.id, "players": n}), flush=True)
 
-    summary = {}
-    for label, by_budget in rows.items():
-        summary[label] = [{"budget": b, "seconds": float(np.mean([r[0] for r in v])),
-                           "rel_error": float(np.mean([r[1] for r in v])),
-                           "coalitions": float(np.mean([r[2] for r in v])),
-                           "forward_passes": float(np.mean([r[3] for r in v]))} for b, v in by_budget.items()]
+    summary = _summarise(rows)
     speedup = speedup_at_equal_error(summary["captum (pixel game)"], summary["mbias (pixel game)"])
     speedup_default = speedup_at_equal_error(summary["captum (pixel game)"], summary["mbias (feature game, default)"])
     meta = {"command": "python benchmarks/shapley_vs_captum.py", "examples": len(chosen), "grid": args.grid,
@@ -316,8 +321,8 @@ def run_llava15(args) -> None:
     batch = 32
     t0 = time.perf_counter()
     configs = {m: ScoringConfig(masking=m, batch_size=batch) for m in ("pixel", "feature")}
+    folder = real_shapes.trained_llava() if trained else None
     if trained:
-        folder = real_shapes.trained_llava()
         scorers = {m: load_model(str(folder), device="cpu", config=c) for m, c in configs.items()}
         test = load_synth("shapes-p50/test-balanced")
         chosen_examples = []
@@ -387,11 +392,7 @@ def run_llava15(args) -> None:
         per_example.append(info)
         print(json.dumps(info), flush=True)
 
-    summary = {label: [{"budget": b, "seconds": float(np.mean([r[0] for r in v])),
-                        "rel_error": float(np.mean([r[1] for r in v])),
-                        "coalitions": float(np.mean([r[2] for r in v])),
-                        "forward_passes": float(np.mean([r[3] for r in v]))} for b, v in by_budget.items()]
-               for label, by_budget in rows.items()}
+    summary = _summarise(rows)
     captum, shap_curve, ours_pixel, ours_feature = (summary[label] for label in LLAVA_LABELS)
     speedups = {"captum_vs_mbias_pixel_game": speedup_at_equal_error(captum, ours_pixel),
                 "captum_vs_mbias_default": speedup_at_equal_error(captum, ours_feature),
@@ -413,7 +414,7 @@ def run_llava15(args) -> None:
     suffix = "_trained" if trained else ""
     command = "python benchmarks/shapley_vs_captum.py --shape llava-1.5" + (" --weights trained" if trained else "")
     meta = {"command": command, "shape": "llava-1.5", "weights": args.weights,
-            "model": str(real_shapes.trained_llava(progress=False).name) if trained else "random weights",
+            "model": folder.name if trained else "random weights",
             "examples": len(chosen_examples), "grid": grid, "threads": torch.get_num_threads(), "device": "cpu",
             "date": time.strftime("%Y-%m-%d"), "build_seconds": build_seconds, "batch_size": batch,
             "ground_truth": "exact" if exact else "reference", "reference_permutations": None if exact else 2 * half,
@@ -421,7 +422,7 @@ def run_llava15(args) -> None:
             "reference_seconds_per_example": float(np.mean([sum(e[m]["reference_seconds"] for m in scorers)
                                                             for e in per_example]))}
     if trained:
-        record = json.loads((real_shapes.trained_llava(progress=False) / "zoo.json").read_text())
+        record = json.loads((folder / "zoo.json").read_text())
         meta["model_eval"] = record["eval"]
         meta["model_train_config"] = record["train_config"]
     header, provenance = results_header(wall_seconds=time.perf_counter() - started)

@@ -186,14 +186,13 @@ class ScoringMixin:
         """
         if self.config.prefix_cache and self._prefix_ok is not False and not forward_kwargs and len(rows) > 1:
             sel = [v for v, _ in rows]
-            max_a = max(int(answers[c].numel()) for _, c in rows)
+            lengths = [int(answers[c].numel()) for _, c in rows]
             shared = prefix.plan(prefix.token_identities(prepared, ids[sel], None if feats is None else feats[sel]),
-                                 max_a)
+                                 max(lengths))
             if shared is not None and self._prefix_ok is None:  # first use on this model: check it
                 logits = self._check_prefix_cache(
                     lambda: self._forward_shared(prepared, ids, feats, answers, rows, shared),
-                    self._forward_full(prepared, ids, feats, answers, rows)[0],
-                    [int(answers[c].numel()) for _, c in rows])
+                    self._forward_full(prepared, ids, feats, answers, rows)[0], lengths)
                 # the checked batch is scored like any other (by the rows, not by what ran first): a resumed run
                 # gives the numbers of an uninterrupted one
                 if logits is not None:
